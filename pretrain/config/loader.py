@@ -1,0 +1,198 @@
+"""Strict YAML -> typed dataclass loading, dotted `--set` overrides, and writing the resolved config.
+
+Unknown keys name their full path and the closest valid key; wrong types name the key, the value and the expected
+type. Every dataclass section may define `validate(prefix)` for its value ranges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pretrain.config.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[str] = ()) -> T:
+    """Read a YAML file into `schema`, apply `key=value` overrides, validate every section."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(raw, key, value, schema)
+    cfg = _build(schema, raw, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split `a.b=value`; the value is read as YAML (so `3e-3`, `true`, `[1, 2]` work)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Run `validate(prefix)` of every dataclass section, depth first."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, _join(prefix, f.name))
+    if hasattr(cfg, "validate"):
+        cfg.validate(prefix)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) of a config, suitable for YAML and JSON."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the fully resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as out:
+        yaml.safe_dump(to_dict(cfg), out, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def all_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every valid dotted key of a schema (sections and leaves)."""
+    keys = []
+    for name, hint in _hints(schema).items():
+        key = _join(prefix, name)
+        keys.append(key)
+        if dataclasses.is_dataclass(hint):
+            keys.extend(all_keys(hint, key))
+    return keys
+
+
+def _hints(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _unknown(key: str, schema: type) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(schema), n=1, cutoff=0.6)
+    hint = f"; did you mean `{close[0]}`?" if close else ""
+    return ConfigError(f"`{key}`: unknown key{hint}")
+
+
+def _set_path(raw: dict, key: str, value: Any, schema: type) -> None:
+    """Put an override into the raw mapping, checking the path against the schema as far as it is typed."""
+    parts = key.split(".")
+    node_type: Any = schema
+    node = raw
+    for depth, part in enumerate(parts):
+        hints = _hints(node_type) if dataclasses.is_dataclass(node_type) else None
+        if hints is not None and part not in hints:
+            raise _unknown(".".join(parts[: depth + 1]), schema)
+        if depth == len(parts) - 1:
+            node[part] = value
+            return
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"`{'.'.join(parts[: depth + 1])}` is not a section; cannot set `{key}`")
+        node = child
+        node_type = hints[part] if hints is not None else dict
+
+
+def _build(schema: type[T], raw: Mapping[str, Any], prefix: str) -> T:
+    hints = _hints(schema)
+    for name in raw:
+        if name not in hints:
+            close = difflib.get_close_matches(str(name), list(hints), n=1, cutoff=0.6)
+            hint = f"; did you mean `{_join(prefix, close[0])}`?" if close else ""
+            raise ConfigError(f"`{_join(prefix, str(name))}`: unknown key{hint}")
+    kwargs = {name: _coerce(raw[name], hint, _join(prefix, name)) for name, hint in hints.items() if name in raw}
+    return schema(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"`{key}`: expected a section (mapping), got {value!r}")
+        return _build(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], key)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"`{key}`: {value!r} is not allowed; expected a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"`{key}`: {value!r} is not allowed; expected a list")
+        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"`{key}`: {value!r} is not allowed; expected a mapping")
+        return dict(value)
+    return _scalar(value, hint, key)
+
+
+def _scalar(value: Any, hint: Any, key: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{key}`: {value!r} is not allowed; expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"`{key}`: {value!r} is not allowed; expected an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `3e-3` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"`{key}`: {value!r} is not allowed; expected a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"`{key}`: {value!r} is not allowed; expected a string")
+    raise TypeError(f"config type {hint!r} of `{key}` is not supported")

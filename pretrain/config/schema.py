@@ -1,0 +1,209 @@
+"""Typed configuration of a pretraining run: one dataclass per component, each validating its own values.
+
+A YAML file maps onto `PretrainConfig` section by section (see `pretrain.config.loader`). Values that can only be
+checked against the running job (world size, the data's class count) are checked by `check_against_world`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pretrain.config.errors import ConfigError
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"`{key}`: {value!r} is not allowed; expected {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (`pretrain.models.create_model`) and its overrides."""
+
+    name: str = "mixer_demo"
+    img_size: int = 224
+    num_classes: int = 1000
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    init: str = "flax"
+    gelu: str = "exact"
+    grad_checkpointing: bool = False
+
+    def validate(self, prefix: str) -> None:
+        _require(self.img_size > 0, f"{prefix}.img_size", self.img_size, "a positive integer")
+        _require(self.num_classes > 0, f"{prefix}.num_classes", self.num_classes, "a positive integer")
+        for name in ("drop_rate", "drop_path_rate"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"{prefix}.{name}", value, "a number in [0, 1)")
+        _require(self.init in ("flax", "timm"), f"{prefix}.init", self.init, "'flax' or 'timm'")
+        _require(self.gelu in ("exact", "tanh"), f"{prefix}.gelu", self.gelu, "'exact' or 'tanh'")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are (a folder with manifest.json, or the manifest itself) and how they are streamed."""
+
+    train: str = ""
+    val: str = ""
+    workers: int = 2
+    shuffle_buffer: int = 2000
+    prefetch: int = 2
+
+    def validate(self, prefix: str) -> None:
+        _require(bool(self.train), f"{prefix}.train", self.train, "the path of a shard folder made by data_prep")
+        _require(self.workers >= 0, f"{prefix}.workers", self.workers, "an integer >= 0")
+        _require(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
+        _require(self.prefetch >= 1, f"{prefix}.prefetch", self.prefetch, "an integer >= 1")
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation: inception crop + flip, optional RandAugment, mixup/cutmix, label smoothing."""
+
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
+    hflip: float = 0.5
+    randaugment: str = ""
+    random_erasing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def validate(self, prefix: str) -> None:
+        _require(0.0 < self.scale[0] <= self.scale[1] <= 1.0, f"{prefix}.scale", list(self.scale),
+                 "[low, high] with 0 < low <= high <= 1")
+        _require(0.0 < self.ratio[0] <= self.ratio[1], f"{prefix}.ratio", list(self.ratio),
+                 "[low, high] with 0 < low <= high")
+        for name in ("hflip", "random_erasing"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"{prefix}.{name}", value, "a probability in [0, 1]")
+        for name in ("mixup", "cutmix"):
+            value = getattr(self, name)
+            _require(value >= 0.0, f"{prefix}.{name}", value, "an alpha >= 0 (0 disables it)")
+        _require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing", self.label_smoothing,
+                 "a number in [0, 1)")
+        _require(self.randaugment == "" or self.randaugment.startswith("rand-"), f"{prefix}.randaugment",
+                 self.randaugment, "'' or a timm RandAugment string such as 'rand-m10-n2-mstd0.5'")
+        _require(all(s > 0 for s in self.std), f"{prefix}.std", list(self.std), "three positive numbers")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (a torch optimizer handed to DeepSpeed, so nothing is compiled at start-up)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+    def validate(self, prefix: str) -> None:
+        _require(self.name in ("adamw", "sgd"), f"{prefix}.name", self.name, "'adamw' or 'sgd'")
+        _require(self.lr > 0, f"{prefix}.lr", self.lr, "a positive number")
+        _require(all(0.0 <= b < 1.0 for b in self.betas), f"{prefix}.betas", list(self.betas),
+                 "two numbers in [0, 1)")
+        _require(self.eps > 0, f"{prefix}.eps", self.eps, "a positive number")
+        _require(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", self.momentum, "a number in [0, 1)")
+        _require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "a number >= 0")
+        _require(self.grad_clip >= 0, f"{prefix}.grad_clip", self.grad_clip, "a number >= 0 (0 disables it)")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule per optimizer step: linear warmup, then linear or cosine decay (or constant)."""
+
+    name: str = "linear"
+    warmup_steps: int = 10000
+    end_lr_ratio: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        _require(self.name in ("linear", "cosine", "constant"), f"{prefix}.name", self.name,
+                 "'linear', 'cosine' or 'constant'")
+        _require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, "an integer >= 0")
+        _require(0.0 <= self.end_lr_ratio <= 1.0, f"{prefix}.end_lr_ratio", self.end_lr_ratio,
+                 "a number in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """Length, batch, precision and ZeRO stage. global_batch = micro_batch x accumulation x world size."""
+
+    steps: int = 1000
+    global_batch: int = 4096
+    micro_batch: int = 64
+    precision: str = "bf16"
+    zero_stage: int = 0
+    grad_accum_dtype: str = "fp32"
+    seed: int = 0
+    max_bad_steps: int = 10
+
+    def validate(self, prefix: str) -> None:
+        _require(self.steps > 0, f"{prefix}.steps", self.steps, "a positive integer")
+        _require(self.micro_batch > 0, f"{prefix}.micro_batch", self.micro_batch, "a positive integer")
+        _require(self.global_batch > 0 and self.global_batch % self.micro_batch == 0, f"{prefix}.global_batch",
+                 self.global_batch, f"a positive multiple of train.micro_batch ({self.micro_batch})")
+        _require(self.precision in ("bf16", "fp16", "fp32"), f"{prefix}.precision", self.precision,
+                 "'bf16', 'fp16' or 'fp32'")
+        _require(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", self.zero_stage, "0, 1, 2 or 3")
+        _require(self.grad_accum_dtype in ("fp32", "bf16", "fp16"), f"{prefix}.grad_accum_dtype",
+                 self.grad_accum_dtype, "'fp32', 'bf16' or 'fp16'")
+        _require(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", self.max_bad_steps, "an integer >= 1")
+
+    def accumulation(self, world_size: int) -> int:
+        """Gradient accumulation steps for this world size (checked by `check_against_world`)."""
+        return self.global_batch // (self.micro_batch * world_size)
+
+
+@dataclass
+class CheckpointConfig:
+    """How often checkpoints are written and how many are kept."""
+
+    every_steps: int = 1000
+    keep: int = 3
+
+    def validate(self, prefix: str) -> None:
+        _require(self.every_steps > 0, f"{prefix}.every_steps", self.every_steps, "a positive integer")
+        _require(self.keep >= 1, f"{prefix}.keep", self.keep, "an integer >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    """TensorBoard and progress-line cadence (rank 0 only)."""
+
+    every_steps: int = 50
+    image_every_steps: int = 1000
+
+    def validate(self, prefix: str) -> None:
+        _require(self.every_steps > 0, f"{prefix}.every_steps", self.every_steps, "a positive integer")
+        _require(self.image_every_steps >= 0, f"{prefix}.image_every_steps", self.image_every_steps,
+                 "an integer >= 0 (0 disables the weight pictures)")
+
+
+@dataclass
+class PretrainConfig:
+    """A whole pretraining run. `deepspeed` holds raw DeepSpeed keys merged over the derived JSON."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+
+
+def check_against_world(cfg: PretrainConfig, world_size: int) -> int:
+    """Check the batch arithmetic for this world size; return the gradient accumulation steps."""
+    per_step = cfg.train.micro_batch * world_size
+    if cfg.train.global_batch % per_step:
+        raise ConfigError(
+            f"`train.global_batch`: {cfg.train.global_batch} is not divisible by train.micro_batch x world size "
+            f"= {cfg.train.micro_batch} x {world_size} = {per_step}; choose a multiple of {per_step}")
+    return cfg.train.global_batch // per_step
