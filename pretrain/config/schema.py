@@ -12,7 +12,8 @@ from typing import Any
 from pretrain.config.errors import ConfigError
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise a ConfigError naming `key`, `value` and what is allowed unless `ok`."""
     if not ok:
         raise ConfigError(f"`{key}`: {value!r} is not allowed; expected {allowed}")
 
@@ -31,13 +32,13 @@ class ModelConfig:
     grad_checkpointing: bool = False
 
     def validate(self, prefix: str) -> None:
-        _require(self.img_size > 0, f"{prefix}.img_size", self.img_size, "a positive integer")
-        _require(self.num_classes > 0, f"{prefix}.num_classes", self.num_classes, "a positive integer")
+        require(self.img_size > 0, f"{prefix}.img_size", self.img_size, "a positive integer")
+        require(self.num_classes > 0, f"{prefix}.num_classes", self.num_classes, "a positive integer")
         for name in ("drop_rate", "drop_path_rate"):
             value = getattr(self, name)
-            _require(0.0 <= value < 1.0, f"{prefix}.{name}", value, "a number in [0, 1)")
-        _require(self.init in ("flax", "timm"), f"{prefix}.init", self.init, "'flax' or 'timm'")
-        _require(self.gelu in ("exact", "tanh"), f"{prefix}.gelu", self.gelu, "'exact' or 'tanh'")
+            require(0.0 <= value < 1.0, f"{prefix}.{name}", value, "a number in [0, 1)")
+        require(self.init in ("flax", "timm"), f"{prefix}.init", self.init, "'flax' or 'timm'")
+        require(self.gelu in ("exact", "tanh"), f"{prefix}.gelu", self.gelu, "'exact' or 'tanh'")
 
 
 @dataclass
@@ -51,10 +52,10 @@ class DataConfig:
     prefetch: int = 2
 
     def validate(self, prefix: str) -> None:
-        _require(bool(self.train), f"{prefix}.train", self.train, "the path of a shard folder made by data_prep")
-        _require(self.workers >= 0, f"{prefix}.workers", self.workers, "an integer >= 0")
-        _require(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
-        _require(self.prefetch >= 1, f"{prefix}.prefetch", self.prefetch, "an integer >= 1")
+        require(bool(self.train), f"{prefix}.train", self.train, "the path of a shard folder made by data_prep")
+        require(self.workers >= 0, f"{prefix}.workers", self.workers, "an integer >= 0")
+        require(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
+        require(self.prefetch >= 1, f"{prefix}.prefetch", self.prefetch, "an integer >= 1")
 
 
 @dataclass
@@ -73,21 +74,21 @@ class AugmentConfig:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def validate(self, prefix: str) -> None:
-        _require(0.0 < self.scale[0] <= self.scale[1] <= 1.0, f"{prefix}.scale", list(self.scale),
+        require(0.0 < self.scale[0] <= self.scale[1] <= 1.0, f"{prefix}.scale", list(self.scale),
                  "[low, high] with 0 < low <= high <= 1")
-        _require(0.0 < self.ratio[0] <= self.ratio[1], f"{prefix}.ratio", list(self.ratio),
+        require(0.0 < self.ratio[0] <= self.ratio[1], f"{prefix}.ratio", list(self.ratio),
                  "[low, high] with 0 < low <= high")
         for name in ("hflip", "random_erasing"):
             value = getattr(self, name)
-            _require(0.0 <= value <= 1.0, f"{prefix}.{name}", value, "a probability in [0, 1]")
+            require(0.0 <= value <= 1.0, f"{prefix}.{name}", value, "a probability in [0, 1]")
         for name in ("mixup", "cutmix"):
             value = getattr(self, name)
-            _require(value >= 0.0, f"{prefix}.{name}", value, "an alpha >= 0 (0 disables it)")
-        _require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing", self.label_smoothing,
+            require(value >= 0.0, f"{prefix}.{name}", value, "an alpha >= 0 (0 disables it)")
+        require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing", self.label_smoothing,
                  "a number in [0, 1)")
-        _require(self.randaugment == "" or self.randaugment.startswith("rand-"), f"{prefix}.randaugment",
+        require(self.randaugment == "" or self.randaugment.startswith("rand-"), f"{prefix}.randaugment",
                  self.randaugment, "'' or a timm RandAugment string such as 'rand-m10-n2-mstd0.5'")
-        _require(all(s > 0 for s in self.std), f"{prefix}.std", list(self.std), "three positive numbers")
+        require(all(s > 0 for s in self.std), f"{prefix}.std", list(self.std), "three positive numbers")
 
 
 @dataclass
@@ -103,14 +104,14 @@ class OptimConfig:
     grad_clip: float = 1.0
 
     def validate(self, prefix: str) -> None:
-        _require(self.name in ("adamw", "sgd"), f"{prefix}.name", self.name, "'adamw' or 'sgd'")
-        _require(self.lr > 0, f"{prefix}.lr", self.lr, "a positive number")
-        _require(all(0.0 <= b < 1.0 for b in self.betas), f"{prefix}.betas", list(self.betas),
+        require(self.name in ("adamw", "sgd"), f"{prefix}.name", self.name, "'adamw' or 'sgd'")
+        require(self.lr > 0, f"{prefix}.lr", self.lr, "a positive number")
+        require(all(0.0 <= b < 1.0 for b in self.betas), f"{prefix}.betas", list(self.betas),
                  "two numbers in [0, 1)")
-        _require(self.eps > 0, f"{prefix}.eps", self.eps, "a positive number")
-        _require(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", self.momentum, "a number in [0, 1)")
-        _require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "a number >= 0")
-        _require(self.grad_clip >= 0, f"{prefix}.grad_clip", self.grad_clip, "a number >= 0 (0 disables it)")
+        require(self.eps > 0, f"{prefix}.eps", self.eps, "a positive number")
+        require(0.0 <= self.momentum < 1.0, f"{prefix}.momentum", self.momentum, "a number in [0, 1)")
+        require(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "a number >= 0")
+        require(self.grad_clip >= 0, f"{prefix}.grad_clip", self.grad_clip, "a number >= 0 (0 disables it)")
 
 
 @dataclass
@@ -122,10 +123,10 @@ class ScheduleConfig:
     end_lr_ratio: float = 0.0
 
     def validate(self, prefix: str) -> None:
-        _require(self.name in ("linear", "cosine", "constant"), f"{prefix}.name", self.name,
+        require(self.name in ("linear", "cosine", "constant"), f"{prefix}.name", self.name,
                  "'linear', 'cosine' or 'constant'")
-        _require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, "an integer >= 0")
-        _require(0.0 <= self.end_lr_ratio <= 1.0, f"{prefix}.end_lr_ratio", self.end_lr_ratio,
+        require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, "an integer >= 0")
+        require(0.0 <= self.end_lr_ratio <= 1.0, f"{prefix}.end_lr_ratio", self.end_lr_ratio,
                  "a number in [0, 1]")
 
 
@@ -143,16 +144,16 @@ class TrainConfig:
     max_bad_steps: int = 10
 
     def validate(self, prefix: str) -> None:
-        _require(self.steps > 0, f"{prefix}.steps", self.steps, "a positive integer")
-        _require(self.micro_batch > 0, f"{prefix}.micro_batch", self.micro_batch, "a positive integer")
-        _require(self.global_batch > 0 and self.global_batch % self.micro_batch == 0, f"{prefix}.global_batch",
+        require(self.steps > 0, f"{prefix}.steps", self.steps, "a positive integer")
+        require(self.micro_batch > 0, f"{prefix}.micro_batch", self.micro_batch, "a positive integer")
+        require(self.global_batch > 0 and self.global_batch % self.micro_batch == 0, f"{prefix}.global_batch",
                  self.global_batch, f"a positive multiple of train.micro_batch ({self.micro_batch})")
-        _require(self.precision in ("bf16", "fp16", "fp32"), f"{prefix}.precision", self.precision,
+        require(self.precision in ("bf16", "fp16", "fp32"), f"{prefix}.precision", self.precision,
                  "'bf16', 'fp16' or 'fp32'")
-        _require(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", self.zero_stage, "0, 1, 2 or 3")
-        _require(self.grad_accum_dtype in ("fp32", "bf16", "fp16"), f"{prefix}.grad_accum_dtype",
+        require(self.zero_stage in (0, 1, 2, 3), f"{prefix}.zero_stage", self.zero_stage, "0, 1, 2 or 3")
+        require(self.grad_accum_dtype in ("fp32", "bf16", "fp16"), f"{prefix}.grad_accum_dtype",
                  self.grad_accum_dtype, "'fp32', 'bf16' or 'fp16'")
-        _require(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", self.max_bad_steps, "an integer >= 1")
+        require(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", self.max_bad_steps, "an integer >= 1")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps for this world size (checked by `check_against_world`)."""
@@ -167,8 +168,8 @@ class CheckpointConfig:
     keep: int = 3
 
     def validate(self, prefix: str) -> None:
-        _require(self.every_steps > 0, f"{prefix}.every_steps", self.every_steps, "a positive integer")
-        _require(self.keep >= 1, f"{prefix}.keep", self.keep, "an integer >= 1")
+        require(self.every_steps > 0, f"{prefix}.every_steps", self.every_steps, "a positive integer")
+        require(self.keep >= 1, f"{prefix}.keep", self.keep, "an integer >= 1")
 
 
 @dataclass
@@ -179,8 +180,8 @@ class LoggingConfig:
     image_every_steps: int = 1000
 
     def validate(self, prefix: str) -> None:
-        _require(self.every_steps > 0, f"{prefix}.every_steps", self.every_steps, "a positive integer")
-        _require(self.image_every_steps >= 0, f"{prefix}.image_every_steps", self.image_every_steps,
+        require(self.every_steps > 0, f"{prefix}.every_steps", self.every_steps, "a positive integer")
+        require(self.image_every_steps >= 0, f"{prefix}.image_every_steps", self.image_every_steps,
                  "an integer >= 0 (0 disables the weight pictures)")
 
 
