@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.checkpoint import Checkpointer, gather, rng_state, set_rng_state
-from pretrain.config import PretrainConfig, check_against_world, save_config
+from pretrain.config import ConfigError, PretrainConfig, check_against_world, save_config
 from pretrain.data import (
     MixupPerStep,
     build_train_loader,
@@ -87,11 +87,9 @@ class Trainer:
         self.virtual_ranks = cfg.train.global_batch // self.micro
         self.manifest = load_manifest(cfg.data.train)
         if self.manifest.num_classes > cfg.model.num_classes:
-            from pretrain.config import ConfigError
-
             raise ConfigError(f"`model.num_classes`: {cfg.model.num_classes} is fewer than the "
                               f"{self.manifest.num_classes} classes of {cfg.data.train}")
-        self.model = build_model(cfg)
+        self.model = self.build_model()
         torch.manual_seed(cfg.train.seed * 1000 + env.rank)  # dropout / drop-path differ per rank
         optimizer = build_optimizer(self.model, cfg.optim, env.device)
         scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.schedule)
@@ -108,6 +106,10 @@ class Trainer:
         self.bad_in_a_row = 0
         self.bad_steps = 0
         self.data_state: dict[str, Any] | None = None
+
+    def build_model(self) -> nn.Module:
+        """The network to train (the fine-tune stage overrides this to load weights and swap the head)."""
+        return build_model(self.cfg)
 
     def _build_mixup(self) -> MixupPerStep | None:
         a = self.cfg.augment
@@ -227,7 +229,6 @@ class Trainer:
         result.step, result.bad_steps = self.step, self.bad_steps
         if self.step >= cfg.train.steps:
             export_weights(self.engine, self.run_dir / "final.safetensors", env.rank)
-        self.monitor.close()
         return result
 
     def log_metrics(self, window: list[float], timer: StepTimer, item: dict[str, Any]) -> None:
@@ -275,5 +276,8 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     trainer = Trainer(cfg, run_dir, env)
     if resume:
         trainer.resume()
-    with PreemptionFlag() as preemption:
-        return trainer.run(preemption)
+    try:
+        with PreemptionFlag() as preemption:
+            return trainer.run(preemption)
+    finally:
+        trainer.monitor.close()

@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from finetune.config import FinetuneConfig
 from pretrain.config import ConfigError, PretrainConfig, check_against_world, load_config, save_config, to_dict
 
 CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/*.yaml"))
+FINETUNE_CONFIGS = sorted(Path(__file__).parent.parent.glob("configs/finetune/*.yaml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -85,3 +87,16 @@ def test_resolved_config_round_trips(tmp_path):
 def test_shipped_pretrain_configs_load(path):
     cfg = load_config(path, PretrainConfig)
     assert cfg.train.global_batch % cfg.train.micro_batch == 0
+
+
+@pytest.mark.parametrize("path", FINETUNE_CONFIGS, ids=[p.stem for p in FINETUNE_CONFIGS])
+def test_shipped_finetune_configs_load(path):
+    cfg = load_config(path, FinetuneConfig)
+    assert cfg.init.path and cfg.data.val
+    assert cfg.train.global_batch % cfg.train.micro_batch == 0
+
+
+def test_finetune_sections_are_strict(tmp_path):
+    path = write(tmp_path, "data: {train: x}\ninit: {path: y}\nfewshot: {shotz: [1]}\n")
+    with pytest.raises(ConfigError, match=r"^`fewshot.shotz`: unknown key; did you mean `fewshot.shots`\?$"):
+        load_config(path, FinetuneConfig)

@@ -1,0 +1,65 @@
+"""Evaluate a Mixer: `python launch/evaluate.py --config CFG --checkpoint PATH [--data VAL_SHARDS] [--fewshot]`.
+
+Exact top-1/top-5/loss/per-class accuracy (each validation sample counted once, also under deepspeed/torchrun/srun),
+optional ImageNet-ReaL and few-shot linear evaluation; results in `<run dir>/metrics.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `deepspeed launch/x.py` puts launch/ on sys.path
+
+from launch.cli import rank, run_main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the fine-tune YAML the model was trained with")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run dir (final.safetensors), .safetensors, official .npz or timm .pth")
+    parser.add_argument("--data", default=None, help="validation shard folder (default: the config's data.val)")
+    parser.add_argument("--fewshot", action="store_true", help="also run the few-shot linear evaluation")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
+    parser.add_argument("--run-dir", default=None, help="where metrics.json goes (default: runs/<config>/eval)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    import torch
+
+    from finetune.config import FinetuneConfig
+    from finetune.evaluate import evaluate, fewshot
+    from finetune.init import load_init
+    from finetune.metrics import write_metrics
+    from pretrain.config import load_config
+    from pretrain.data import load_manifest
+    from pretrain.distributed import detect_env, init_distributed
+    from pretrain.trainer import DTYPES, build_model
+
+    overrides = [*args.set, f"init.path={args.checkpoint}"] + ([f"data.val={args.data}"] if args.data else [])
+    cfg = load_config(args.config, FinetuneConfig, overrides)
+    env = detect_env()
+    init_distributed(env)
+    dtype = DTYPES[cfg.train.precision]
+    model = build_model(cfg)
+    load_init(model, args.checkpoint, drop_head=False)
+    model = model.to(env.device, dtype).eval()
+    val = load_manifest(cfg.data.val)
+    metrics = evaluate(model, cfg, val, env, dtype)
+    if args.fewshot:
+        metrics["fewshot"] = fewshot(model, cfg, load_manifest(cfg.data.train), val, env, dtype)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem / "eval"
+    if rank() == 0:
+        write_metrics(run_dir / "metrics.json", metrics)
+        print(json.dumps({k: metrics[k] for k in ("top1", "top5", "loss", "num_samples")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
