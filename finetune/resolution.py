@@ -65,8 +65,10 @@ def scale_factors(old_grid: Grid, new_grid: Grid, patch_size: Grid = (1, 1)) -> 
     )
 
 
-def expand_fc1(weight: torch.Tensor, bias: torch.Tensor | None, old_grid: Grid, factors: Grid):
-    """Expanded ``(weight, bias)`` of a token-mixing ``fc1``: ``(D_S, h w)`` -> ``(K D_S, K h w)``.
+def expand_fc1(
+    weight: torch.Tensor, bias: torch.Tensor | None, old_grid: Grid, factors: Grid
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Expanded ``(weight, bias)`` of a token-mixing ``fc1``: ``(D_S, h w)`` -> ``(K D_S, K h w)``, K=K_h K_w.
 
     Rows are ordered ``(part, unit)``, columns are the new grid's tokens in row-major order.
     """
@@ -82,8 +84,10 @@ def expand_fc1(weight: torch.Tensor, bias: torch.Tensor | None, old_grid: Grid, 
     return expanded, einops.repeat(bias, "d -> (k d)", k=factors[0] * factors[1])
 
 
-def expand_fc2(weight: torch.Tensor, bias: torch.Tensor | None, old_grid: Grid, factors: Grid):
-    """Expanded ``(weight, bias)`` of a token-mixing ``fc2``: ``(h w, D_S)`` -> ``(K h w, K D_S)``.
+def expand_fc2(
+    weight: torch.Tensor, bias: torch.Tensor | None, old_grid: Grid, factors: Grid
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Expanded ``(weight, bias)`` of a token-mixing ``fc2``: ``(h w, D_S)`` -> ``(K h w, K D_S)``, K=K_h K_w.
 
     Rows are the new grid's tokens in row-major order, columns ``(part, unit)`` as in ``expand_fc1``.
     """
@@ -197,9 +201,10 @@ def convert_for_model(
     widened in place (``widen_token_mixing``), so call this before building the optimizer. The result
     is ready for ``model.load_state_dict``; stem, channel MLPs, norms and head are unchanged.
     """
+    model_state = model.state_dict()
     old_grid = state_dict_grid(state_dict, img_size_pretrained, "the pretrained checkpoint")
-    new_grid = state_dict_grid(model.state_dict(), img_size, "the model")
-    check_patch_size(state_dict, model.state_dict(), "the pretrained checkpoint")
+    new_grid = state_dict_grid(model_state, img_size, "the model")
+    check_patch_size(state_dict, model_state, "the pretrained checkpoint")
     expanded = expand_token_mixing(state_dict, old_grid, new_grid)
     match_token_mixing_width(model, expanded)
     return expanded
@@ -207,7 +212,7 @@ def convert_for_model(
 
 def check_patch_size(
     state_dict: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], what: str
-):
+) -> None:
     """Raise ``ResolutionError`` when the checkpoint's patch size differs from the model's."""
     patch, model_patch = (_fmt(tuple(sd[STEM_WEIGHT].shape[-2:])) for sd in (state_dict, model_state))
     if patch != model_patch:
