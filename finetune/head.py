@@ -25,7 +25,8 @@ def replace_head(model: nn.Module, num_classes: int) -> None:
     Works for our Mixer and for any timm model (both implement ``reset_classifier(num_classes)``).
     The new head is placed on the device and dtype of the model's first parameter. When the new head is
     an ``nn.Linear`` its weight and bias are zeroed; ``num_classes=0`` gives timm's ``nn.Identity`` head
-    (the model then returns pre-logits) and nothing is zeroed.
+    (the model then returns pre-logits) and nothing is zeroed. The head is a new module: build the
+    optimizer afterwards.
     """
     if not hasattr(model, "reset_classifier"):
         raise TypeError(
