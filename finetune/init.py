@@ -1,0 +1,183 @@
+"""Loading a fine-tuning init checkpoint into a Mixer: expand for resolution, drop the head, load.
+
+``load_init`` composes the surgery around a pretrained state dict: it finds the pretrained token grid
+from the token-mixing weight shapes, expands the token-mixing MLPs when the model is built at a larger
+resolution (``finetune.resolution``), drops the head when its class count differs from the model's
+(the model's head is then zeroed, as in the official fine-tuning code), and loads strictly otherwise.
+
+``read_state_dict`` reads only our own formats (a run dir's ``final.safetensors``, a ``.safetensors``
+file, a torch ``.pth``/``.pt``/``.bin`` state dict); other formats, such as the official Flax ``.npz``,
+are parsed by ``pretrain.models`` and passed here as a state dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from finetune.head import zero_head
+from finetune.resolution import (
+    STEM_WEIGHT,
+    TOKEN_MIXING_KEY,
+    Grid,
+    check_patch_size,
+    expand_token_mixing,
+    match_token_mixing_width,
+    scale_factors,
+    state_dict_grid,
+)
+
+RUN_DIR_WEIGHTS = "final.safetensors"
+TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+WRAPPER_KEYS = ("state_dict", "model", "module")
+
+
+class InitError(ValueError):
+    """The init checkpoint cannot be read or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What ``load_init`` did: token grids before and after, expansion factors, head dropped or not."""
+
+    source: str
+    pretrained_grid: Grid
+    grid: Grid
+    factors: Grid
+    head_dropped: bool
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict on the CPU from a run dir (its ``final.safetensors``), ``.safetensors`` or torch file."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / RUN_DIR_WEIGHTS).is_file():
+            raise InitError(f"{path} is a directory without {RUN_DIR_WEIGHTS}: not a finished run dir")
+        path = path / RUN_DIR_WEIGHTS
+    if not path.is_file():
+        raise InitError(f"init checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return safetensors.torch.load_file(path, device="cpu")
+    if path.suffix not in TORCH_SUFFIXES:
+        raise InitError(
+            f"cannot read {path}: expected a run dir, .safetensors or {'/'.join(TORCH_SUFFIXES)} "
+            "(convert other formats, e.g. Flax .npz, with pretrain.models and pass the state dict)"
+        )
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train checkpoints hold args
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise InitError(f"cannot read {path} as a torch state dict: {_load_error_reason(e)}") from None
+    return _unwrap(obj, path)
+
+
+def _load_error_reason(error: Exception) -> str:
+    """The informative line of a ``torch.load`` error (the unsupported global, when that is the cause)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    unsupported = [line for line in lines if "Unsupported global" in line or "Unsupported operand" in line]
+    return (unsupported or lines or [type(error).__name__])[0]
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor dict in a torch checkpoint (bare or under state_dict/model/module), "module." stripped."""
+    for key in WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InitError(f"{path} does not hold a state dict of tensors")
+    if obj and all(k.startswith("module.") for k in obj):
+        return {k[len("module.") :]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _head_classes(state: Mapping[str, torch.Tensor]) -> int:
+    return state["head.weight"].shape[0] if "head.weight" in state else 0
+
+
+def load_init(
+    model: nn.Module,
+    source: str | Path | Mapping[str, torch.Tensor],
+    *,
+    img_size_pretrained: int | Grid | None = None,
+    img_size: int | Grid | None = None,
+    drop_head: bool = True,
+) -> InitReport:
+    """Load a pretrained Mixer (path or state dict) into ``model``, expanding token mixing for its resolution.
+
+    Image sizes left as None are taken as square and read from the token counts. With ``drop_head`` the
+    checkpoint's head is dropped when its class count differs from the model's and the model's head is
+    zeroed; without it a different class count is an error. Call before wrapping the model (DeepSpeed)
+    and before building the optimizer.
+    """
+    what = "the init state dict" if isinstance(source, Mapping) else f"checkpoint {source}"
+    state = dict(source) if isinstance(source, Mapping) else read_state_dict(source)
+    model_state = model.state_dict()
+    old_grid = state_dict_grid(state, img_size_pretrained, what)
+    new_grid = state_dict_grid(model_state, img_size, "the model")
+    check_patch_size(state, model_state, what)
+    factors = scale_factors(old_grid, new_grid, tuple(state[STEM_WEIGHT].shape[-2:]))
+    state = expand_token_mixing(state, old_grid, new_grid)
+
+    ckpt_classes, model_classes = _head_classes(state), _head_classes(model_state)
+    head_dropped = ckpt_classes != model_classes
+    if head_dropped and not drop_head:
+        raise InitError(
+            f"{what} has a {ckpt_classes}-class head but the model has {model_classes} classes; "
+            "use drop_head=True to start from a zero head"
+        )
+    if head_dropped:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    _check_fits(state, model_state, what, ignore_missing="head." if head_dropped else None)
+    match_token_mixing_width(model, state)
+    model.load_state_dict(state, strict=False)
+    if head_dropped:
+        zero_head(model)
+    source_name = "<state dict>" if isinstance(source, Mapping) else str(source)
+    return InitReport(source_name, old_grid, new_grid, factors, head_dropped)
+
+
+def _check_fits(
+    state: Mapping[str, torch.Tensor],
+    model_state: Mapping[str, torch.Tensor],
+    what: str,
+    ignore_missing: str | None,
+) -> None:
+    """One-line errors for missing, unexpected or mis-shaped entries (``load_state_dict`` lists them all).
+
+    The token-mixing hidden width may differ: ``match_token_mixing_width`` widens the model to fit.
+    """
+    missing = [
+        k for k in model_state if k not in state and not (ignore_missing and k.startswith(ignore_missing))
+    ]
+    unexpected = [k for k in state if k not in model_state]
+    if missing or unexpected:
+        raise InitError(
+            f"{what} does not fit the model: {len(missing)} missing entries {missing[:3]}, "
+            f"{len(unexpected)} unexpected entries {unexpected[:3]}"
+        )
+    for key, value in state.items():
+        expected = _expected_shape(key, tuple(model_state[key].shape), tuple(value.shape))
+        if tuple(value.shape) != expected:
+            raise InitError(
+                f"{what} does not fit the model: {key} has shape {tuple(value.shape)} in the checkpoint "
+                f"but {expected} in the model"
+            )
+
+
+def _expected_shape(key: str, model_shape: tuple, state_shape: tuple) -> tuple:
+    """The model's shape for ``key``, except the token-mixing hidden width, which follows the checkpoint."""
+    match = TOKEN_MIXING_KEY.match(key)
+    if match is None:
+        return model_shape
+    layer, kind = match.groups()
+    if layer == "fc1":
+        return state_shape[:1] + model_shape[1:]
+    return model_shape[:1] + state_shape[1:] if kind == "weight" else model_shape

@@ -1,0 +1,118 @@
+"""Few-shot least-squares evaluation: closed form vs a direct solve, shot sampling, feature extraction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from finetune.fewshot import (
+    BIAS_FEATURE,
+    FewShotError,
+    extract_features,
+    fewshot_accuracy,
+    fewshot_indices,
+    fit_lsr,
+)
+from tests.helpers_finetune import make_mixer
+
+
+def direct_solve(features, labels, num_classes, l2_reg):
+    """Ridge weights by least squares on the augmented system [X; sqrt(l2) I] W = [Y; 0]."""
+    x = features.astype(np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-5
+    design = np.hstack([(x - mean) / std, np.full((len(x), 1), BIAS_FEATURE)])
+    targets = np.where(labels[:, None] == np.arange(num_classes), 1.0, -1.0)
+    dim = design.shape[1]
+    augmented = np.vstack([design, np.sqrt(l2_reg) * np.eye(dim)])
+    weights = np.linalg.lstsq(augmented, np.vstack([targets, np.zeros((dim, num_classes))]), rcond=None)[0]
+    return weights, mean, std
+
+
+def clustered(rng, num_classes, per_class, dim, spread=1.0):
+    centers = rng.normal(size=(num_classes, dim)) * 3
+    labels = np.repeat(np.arange(num_classes), per_class)
+    return (centers[labels] + spread * rng.normal(size=(len(labels), dim))).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("rows,dim", [(60, 8), (12, 30)])  # primal (N >= D) and dual (N < D) solves
+@pytest.mark.parametrize("l2_reg", [1.0, 2.0**10])
+def test_fit_matches_direct_least_squares(rows, dim, l2_reg):
+    rng = np.random.default_rng(0)
+    features, labels = clustered(rng, 4, rows // 4, dim)
+    probe = fit_lsr(features, labels, 4, l2_reg)
+    weights, mean, std = direct_solve(features, labels, 4, l2_reg)
+    np.testing.assert_allclose(probe.weights, weights, atol=1e-5, rtol=1e-5)
+    test_features = rng.normal(size=(200, dim)).astype(np.float32) * 3
+    design = np.hstack([(test_features - mean) / std, np.full((200, 1), BIAS_FEATURE)])
+    direct = np.argmax(design @ weights, axis=1)
+    np.testing.assert_array_equal(probe.predict(test_features), direct)
+
+
+def test_shot_sets_are_per_class_deterministic_and_nested():
+    labels = np.repeat(np.arange(5), 30)
+    np.random.default_rng(1).shuffle(labels)
+    five = fewshot_indices(labels, 5, 5, seed=3)
+    assert np.bincount(labels[five]).tolist() == [5] * 5
+    np.testing.assert_array_equal(five, fewshot_indices(labels, 5, 5, seed=3))
+    assert not np.array_equal(five, fewshot_indices(labels, 5, 5, seed=4))
+    one = fewshot_indices(labels, 5, 1, seed=3)
+    assert set(one) <= set(five)
+
+
+def test_fewshot_accuracy_per_seed_and_summary():
+    rng = np.random.default_rng(0)
+    train, train_labels = clustered(rng, 6, 20, 16, spread=4.0)
+    test, test_labels = clustered(np.random.default_rng(0), 6, 50, 16, spread=4.0)  # same centers
+    result = fewshot_accuracy(train, train_labels, test, test_labels, shots=(1, 10), seeds=(0, 1, 2))
+    assert list(result) == ["1shot", "10shot"]
+    for entry in result.values():
+        assert len(entry["per_seed"]) == 3
+        assert entry["mean"] == pytest.approx(np.mean(entry["per_seed"]))
+        assert entry["std"] == pytest.approx(np.std(entry["per_seed"]))
+    assert result["10shot"]["mean"] > result["1shot"]["mean"] > 1 / 6
+    again = fewshot_accuracy(train, train_labels, test, test_labels, shots=(1, 10), seeds=(2, 0))
+    assert again["1shot"]["per_seed"] == [result["1shot"]["per_seed"][2], result["1shot"]["per_seed"][0]]
+    idx = fewshot_indices(train_labels, 6, 10, seed=1)
+    expected = np.mean(fit_lsr(train[idx], train_labels[idx], 6, 2.0**10).predict(test) == test_labels)
+    assert result["10shot"]["per_seed"][1] == expected
+
+
+def test_too_few_examples_for_a_shot_count_is_an_error():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 10)
+    features = np.zeros((len(labels), 4), dtype=np.float32)
+    with pytest.raises(FewShotError) as info:
+        fewshot_accuracy(features, labels, features, labels, shots=(1, 5))
+    assert str(info.value) == "5-shot evaluation needs 5 training examples of every class, but class 1 has 3"
+
+
+def test_extract_features_uses_pre_logits_preprocess_and_restores_mode():
+    model = make_mixer().train()
+    images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
+    loader = [{"image": images[i : i + 4], "label": torch.arange(i, min(i + 4, 10))} for i in range(0, 10, 4)]
+    preprocess = lambda x: x.float() / 127.5 - 1.0
+    features, labels = extract_features(model, loader, "cpu", preprocess=preprocess)
+    assert model.training
+    with torch.no_grad():
+        model.eval()
+        expected = model.forward_head(model.forward_features(preprocess(images)), pre_logits=True)
+    assert features.dtype == np.float32 and features.shape == (10, 32)
+    np.testing.assert_allclose(features, expected.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(labels, np.arange(10))
+    bf16, _ = extract_features(model, loader, "cpu", dtype=torch.bfloat16, preprocess=preprocess)
+    assert bf16.dtype == np.float32 and np.abs(bf16 - features).max() < 0.1
+
+
+def test_extract_features_from_empty_loader_is_an_error():
+    with pytest.raises(FewShotError, match="^the loader yielded no batches: no features to extract$"):
+        extract_features(make_mixer(), [], "cpu")
+
+
+def test_real_digits_accuracy_grows_with_shots():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = digits.data.astype(np.float32), digits.target
+    result = fewshot_accuracy(x[:1000], y[:1000], x[1000:], y[1000:], shots=(1, 5, 25))
+    means = [result[k]["mean"] for k in ("1shot", "5shot", "25shot")]
+    assert 0.3 < means[0] < means[1] < means[2] and means[2] > 0.8
