@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from finetune.errors import FinetuneError
+
 BIAS_FEATURE = 100.0
 DEFAULT_L2_REG = 2.0**10
 DEFAULT_SHOTS = (1, 5, 10, 25)
@@ -29,7 +31,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 PREDICT_CHUNK = 8192
 
 
-class FewShotError(ValueError):
+class FewShotError(FinetuneError):
     """The few-shot problem cannot be set up as asked (too few examples per class, bad inputs)."""
 
 

@@ -22,6 +22,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from finetune.errors import FinetuneError
 from finetune.head import zero_head
 from finetune.resolution import (
     STEM_WEIGHT,
@@ -39,7 +40,7 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 WRAPPER_KEYS = ("state_dict", "model", "module")
 
 
-class InitError(ValueError):
+class InitError(FinetuneError):
     """The init checkpoint cannot be read or does not fit the model."""
 
 

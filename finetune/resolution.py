@@ -31,6 +31,8 @@ import einops
 import torch
 from torch import nn
 
+from finetune.errors import FinetuneError
+
 Grid = tuple[int, int]
 
 TOKEN_MIXING_KEY = re.compile(r"^blocks\.\d+\.mlp_tokens\.(fc1|fc2)\.(weight|bias)$")
@@ -38,7 +40,7 @@ FIRST_TOKEN_MIXING_WEIGHT = "blocks.0.mlp_tokens.fc1.weight"
 STEM_WEIGHT = "stem.proj.weight"
 
 
-class ResolutionError(ValueError):
+class ResolutionError(FinetuneError):
     """The new token grid is not an integer multiple of the pretrained one (or cannot be determined)."""
 
 
@@ -166,7 +168,7 @@ def state_dict_grid(state_dict: Mapping[str, torch.Tensor], img_size: int | Grid
     """The token grid of a Mixer state dict (token count from ``fc1.weight``, patch from ``stem.proj``)."""
     missing = [k for k in (STEM_WEIGHT, FIRST_TOKEN_MIXING_WEIGHT) if k not in state_dict]
     if missing:
-        raise ValueError(f"{what} is not an MLP-Mixer state dict: it has no {' or '.join(missing)}")
+        raise ResolutionError(f"{what} is not an MLP-Mixer state dict: it has no {' or '.join(missing)}")
     num_tokens = state_dict[FIRST_TOKEN_MIXING_WEIGHT].shape[1]
     patch = tuple(state_dict[STEM_WEIGHT].shape[-2:])
     return token_grid(num_tokens, img_size, patch, what)
