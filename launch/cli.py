@@ -14,16 +14,16 @@ USAGE_EXIT = 2
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean 'the user asked for something wrong', shown as one line."""
-    from data_prep.errors import DataPrepError
     from finetune.errors import FinetuneError
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError
     from pretrain.data import DataError
+    from pretrain.distributed import DistributedSetupError
     from pretrain.models import WeightsError
     from pretrain.trainer import TrainingError
 
-    return (ConfigError, DataError, WeightsError, CheckpointError, TrainingError, FinetuneError, DataPrepError,
-            FileNotFoundError)
+    return (ConfigError, DataError, WeightsError, CheckpointError, TrainingError, FinetuneError,
+            DistributedSetupError)
 
 
 def rank() -> int:

@@ -32,11 +32,15 @@ from pretrain.data import (
 from pretrain.distributed import DistEnv, detect_env, init_distributed
 from pretrain.ds_config import deepspeed_config
 from pretrain.export import export_weights
+from pretrain.memory import memory_stats
+from pretrain.mfu import mfu, peak_flops
 from pretrain.models import create_model, mixer_flops_per_image
-from pretrain.monitor import Monitor, StepTimer, measure_peak_flops, memory_stats, mfu, token_mixing_image
+from pretrain.monitor import Monitor
 from pretrain.optim import build_optimizer
 from pretrain.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested
 from pretrain.schedule import build_scheduler
+from pretrain.throughput import StepTimer
+from pretrain.weight_images import token_mixing_image
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +102,11 @@ class Trainer:
             config=deepspeed_config(cfg, env.world_size), dist_init_required=False)
         self.dtype = DTYPES[cfg.train.precision]
         self.checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank)
-        self.monitor = Monitor(run_dir, env.rank)
+        self.monitor = Monitor(run_dir, env.rank, total_steps=cfg.train.steps, every_steps=cfg.logging.every_steps)
         self.mixup = self._build_mixup()
         self.flops_per_image = mixer_flops_per_image(self.model)
-        self.peak_flops = measure_peak_flops(env.device, self.dtype)
+        self.peak_flops, peak_source = peak_flops(env.device, self.dtype)
+        log.info("peak %.1f TFLOP/s per device (%s) for MFU", self.peak_flops / 1e12, peak_source)
         self.step = 0
         self.bad_in_a_row = 0
         self.bad_steps = 0
@@ -200,21 +205,21 @@ class Trainer:
         if self.step >= cfg.train.steps:
             return result
         timer = StepTimer()
-        window: list[float] = []
+        recent: list[float] = []
         save_config(cfg, self.run_dir / "config.yaml") if env.rank == 0 else None
         for item in self.loader():
             timer.data_ready()
             loss = self.train_step(item)
             timer.step_done(cfg.train.global_batch)
             result.losses.append(loss)
-            window.append(loss)
+            recent.append(loss)
             if self.bad_in_a_row >= cfg.train.max_bad_steps:
                 raise TrainingError(
                     f"{self.bad_in_a_row} steps in a row had a non-finite loss (step {self.step}); stopping. The "
                     f"last good checkpoint is {self.checkpointer.latest_tag() or 'none'} in {self.checkpointer.dir}")
-            if self.step % cfg.logging.every_steps == 0 or self.step == cfg.train.steps:
-                self.log_metrics(window, timer, item)
-                window = []
+            if self.monitor.due(self.step):
+                self.log_metrics(recent, timer, item)
+                recent = []
             if cfg.logging.image_every_steps and self.step % cfg.logging.image_every_steps == 0:
                 self.monitor.log_image("weights/token_mixing", self.step, token_mixing_image(self.engine.module))
             done = self.step >= cfg.train.steps
@@ -224,6 +229,7 @@ class Trainer:
                 break
             if done or self.step % cfg.checkpoint.every_steps == 0:
                 self.save()
+                timer.restart()
             if done:
                 break
         result.step, result.bad_steps = self.step, self.bad_steps
@@ -231,16 +237,17 @@ class Trainer:
             export_weights(self.engine, self.run_dir / "final.safetensors", env.rank)
         return result
 
-    def log_metrics(self, window: list[float], timer: StepTimer, item: dict[str, Any]) -> None:
-        finite = [v for v in window if not math.isnan(v)]
+    def log_metrics(self, losses: list[float], timer: StepTimer, item: dict[str, Any]) -> None:
+        finite = [v for v in losses if not math.isnan(v)]
         loss = mean_over_ranks(sum(finite) / len(finite) if finite else math.nan, self.env.device)
-        rate = timer.images_per_sec()
+        window = timer.window()
+        lr = self.optimizer.param_groups[0]["lr"]
         scalars = {
             "train/loss": loss,
-            "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/images_per_sec": rate,
-            "train/mfu": mfu(self.flops_per_image, rate, self.env.world_size, self.peak_flops),
-            "train/data_wait_frac": timer.data_wait_frac(),
+            "train/lr": lr,
+            "train/images_per_sec": window.images_per_sec,
+            "train/mfu": mfu(self.flops_per_image, window.images_per_sec, self.env.world_size, self.peak_flops),
+            "train/data_wait_frac": window.data_wait_frac,
             "train/skipped_samples": float(item["state"].get("skipped", 0)),
             "train/bad_steps": float(self.bad_steps),
         }
@@ -249,8 +256,7 @@ class Trainer:
             scalars["train/grad_norm"] = float(grad_norm)
         scalars.update(memory_stats(self.env.device))
         self.monitor.log_scalars(self.step, scalars)
-        self.monitor.progress(self.step, self.cfg.train.steps, scalars)
-        timer.reset()
+        self.monitor.progress(self.step, loss, lr, window)
 
 
 def all_ranks_finite(loss: torch.Tensor) -> bool:
