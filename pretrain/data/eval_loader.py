@@ -121,5 +121,9 @@ def build_eval_loader(
         for p in eval_pieces(manifest.shard_sizes, rank * parts + j, world_size * parts)
     )
     extra = dict(persistent_workers=True, prefetch_factor=prefetch) if workers > 0 else {}
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, **extra)
+    # A private generator: creating the iterator then draws no number from torch's global RNG.
+    private = torch.Generator()
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=private, **extra
+    )
     return EvalLoader(loader, num_samples)

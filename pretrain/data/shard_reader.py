@@ -60,7 +60,8 @@ def read_piece(url: str, start: int, count: int, on_truncated: OnTruncated) -> I
         reason = f"ended after {start + got} of its samples (expected at least {start + count})"
     except READ_ERRORS as exc:
         first = str(exc.args[0]) if exc.args else type(exc).__name__
-        reason = f"unreadable after {start + got} of its samples: {first.splitlines()[0][:200]}"
+        first = first.split(" @ ")[0].splitlines()[0][:200]  # webdataset appends " @ <stream>"
+        reason = f"unreadable after {start + got} of its samples: {first}"
     finally:
         if stream is not None:
             _close_quietly(stream)

@@ -166,5 +166,9 @@ def build_train_loader(
         first_step, states = int(state["step"]), stream_states(state, ids)
     dataset = _RankSteps(manifest, layout, vranks, first_step, states, transform, shuffle_buffer)
     extra = dict(persistent_workers=True, prefetch_factor=prefetch) if workers > 0 else {}
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, **extra)
+    # A private generator: creating the iterator then draws no number from torch's global RNG.
+    private = torch.Generator()
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=private, **extra
+    )
     return TrainLoader(loader, layout, first_step, states)
