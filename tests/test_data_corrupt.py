@@ -5,7 +5,6 @@ import torch
 
 from pretrain.data import build_train_loader, load_manifest, train_transform
 from pretrain.data.decode import CorruptSample, decode_sample
-from pretrain.data.shard_reader import read_piece
 from tests.helpers_shards import encode, make_image, sample, truncate, write_dataset
 
 TRANSFORM = train_transform(16)
@@ -90,23 +89,6 @@ def test_the_slack_of_a_range_absorbs_a_corrupt_sample_within_the_epoch(tmp_path
     keys = [k for _ in range(7) for k in next(ld)["key"]]
     assert keys == [f"s{i:05d}" for i in [0, 1, 2, *range(4, 13), 0, 1]]
     assert ld.state()["streams"]["0"]["epoch"] == 1
-
-
-def test_reader_reports_a_truncated_shard_and_stops(tmp_path):
-    write_dataset(str(tmp_path), [10])
-    path = f"{tmp_path}/shard-0000.tar"
-    truncate(path, 0.5)
-    events = []
-    keys = [s["__key__"] for s in read_piece(path, 2, 8, lambda url, why: events.append((url, why)))]
-    assert keys == ["s00002", "s00003", "s00004"]
-    assert events == [(path, "unreadable after 5 of its samples: unexpected end of data")]
-    events.clear()
-    assert [s["__key__"] for s in read_piece(path, 0, 3, lambda *a: events.append(a))] == [
-        "s00000",
-        "s00001",
-        "s00002",
-    ]
-    assert events == []
 
 
 @pytest.mark.timeout(60)

@@ -2,6 +2,7 @@
 the posterize guard, random erasing, device normalisation."""
 
 import io
+import pickle
 import random
 
 import numpy as np
@@ -66,10 +67,11 @@ def test_jpeg_reduction_keeps_the_crop_geometry():
     assert max(diffs) < 4.0  # same crop, only the downscaling differs: 1 to 3 levels on average
 
 
-def test_train_transform_is_a_function_of_the_seed():
+def test_train_transform_is_a_function_of_the_seed_and_pickles():
     data = photo_jpeg()
     t = train_transform(32, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.5)
     assert torch.equal(run(t, data, 7), run(t, data, 7))
+    assert torch.equal(run(pickle.loads(pickle.dumps(t)), data, 7), run(t, data, 7))
     outs = [run(t, data, s) for s in range(6)]
     assert len({o.numpy().tobytes() for o in outs}) == 6
 

@@ -165,7 +165,8 @@ def build_train_loader(
         check_state(state, layout)
         first_step, states = int(state["step"]), stream_states(state, ids)
     dataset = _RankSteps(manifest, layout, vranks, first_step, states, transform, shuffle_buffer)
-    extra = dict(persistent_workers=True, prefetch_factor=prefetch) if workers > 0 else {}
+    # No persistent_workers: the TrainLoader makes one endless iterator, whose workers live as long as it does.
+    extra = dict(prefetch_factor=prefetch) if workers > 0 else {}
     # A private generator: creating the iterator then draws no number from torch's global RNG.
     private = torch.Generator()
     loader = DataLoader(
