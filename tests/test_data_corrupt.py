@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pretrain.data import build_train_loader, load_manifest, train_transform
+from pretrain.data import DataError, build_train_loader, load_manifest, train_transform
 from pretrain.data.decode import CorruptSample, decode_sample
 from tests.helpers_shards import encode, make_image, sample, truncate, write_dataset
 
@@ -117,3 +117,14 @@ def test_loader_goes_on_after_a_truncated_shard(tmp_path):
     assert [len(x) for x in items] == [18, 18]
     assert sum(x[-1]["truncated"] for x in items) >= 3  # at least once per epoch
     assert [it["step"] for it in items[1]] == list(range(3 * spe))
+
+
+def test_a_stream_with_nothing_usable_raises_instead_of_reading_forever(tmp_path):
+    junk = {i: sample(f"s{i:05d}", b"junk", 0) for i in range(6)}
+    m = load_manifest(write_dataset(str(tmp_path), [6], replace=junk))
+    with pytest.raises(DataError) as e:
+        next(unshuffled_loader(m))
+    assert str(e.value) == (
+        "stream 0 found no usable sample in 3 epochs in a row (last: epoch 2, 6 samples each): "
+        "are the shards broken?"
+    )

@@ -142,7 +142,11 @@ def build_train_loader(
     pin_memory: bool = False,
     prefetch: int = 2,
 ) -> TrainLoader:
-    """The loader of rank `rank`; `state` is merge_states() of all ranks' last states, to resume."""
+    """The loader of rank `rank`; `state` is merge_states() of all ranks' last states, to resume.
+
+    `workers` is part of the data order (W streams per virtual rank): keep it fixed for a run. Each worker
+    holds `accum` shuffle buffers of raw samples: about accum x shuffle_buffer x mean sample bytes of memory.
+    """
     layout = make_layout(
         manifest.num_samples,
         micro_batch=micro_batch,
