@@ -88,7 +88,6 @@ class Trainer:
         self.cfg, self.run_dir, self.env = cfg, run_dir, env
         self.accum = check_against_world(cfg, env.world_size)
         self.micro = cfg.train.micro_batch
-        self.virtual_ranks = cfg.train.global_batch // self.micro
         self.manifest = load_manifest(cfg.data.train)
         if self.manifest.num_classes > cfg.model.num_classes:
             raise ConfigError(f"`model.num_classes`: {cfg.model.num_classes} is fewer than the "
@@ -168,7 +167,7 @@ class Trainer:
         x = normalize_on_device(images.to(device, non_blocking=True), a.mean, a.std, self.dtype)
         y = labels.to(device, non_blocking=True)
         if self.mixup is not None:
-            x, y = self.mixup(x, y, self.step * self.virtual_ranks + virtual_rank)
+            x, y = self.mixup(x, y, self.step, virtual_rank)
         return x, y
 
     def train_step(self, item: dict[str, Any]) -> float:

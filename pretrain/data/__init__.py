@@ -1,0 +1,35 @@
+"""The training and evaluation input pipeline over WebDataset shards (see train_loader.py for the design).
+
+Trainer side, per step: item = next(loader); split item["image"] (uint8) into `accum` micro-batches, move
+each to the device, normalize_on_device(x, transform.mean, transform.std, dtype), optionally MixupPerStep,
+and keep item["state"]; to resume, pass merge_states([every rank's state]) as `state`.
+"""
+
+from .eval_loader import EvalLoader, build_eval_loader
+from .manifest import DataError, Manifest, Shard, load_manifest
+from .mixup import MixupPerStep
+from .state import merge_states
+from .streams import StreamLayout, describe_assignment, make_layout
+from .train_loader import TrainLoader, build_train_loader
+from .transforms import EvalTransform, TrainTransform, eval_transform, normalize_on_device, train_transform
+
+__all__ = [
+    "DataError",
+    "EvalLoader",
+    "EvalTransform",
+    "Manifest",
+    "MixupPerStep",
+    "Shard",
+    "StreamLayout",
+    "TrainLoader",
+    "TrainTransform",
+    "build_eval_loader",
+    "build_train_loader",
+    "describe_assignment",
+    "eval_transform",
+    "load_manifest",
+    "make_layout",
+    "merge_states",
+    "normalize_on_device",
+    "train_transform",
+]

@@ -1,0 +1,115 @@
+"""The shard manifest written by data_prep: loading, validation, shard URLs."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+
+class DataError(ValueError):
+    """A problem with the data a user pointed us at (missing, unreadable, inconsistent); one line."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One tar shard: `url` is what webdataset's gopen opens (a local path, a URL or a `pipe:` command)."""
+
+    name: str
+    url: str
+    num_samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A sharded dataset: its shards in manifest order and its classes."""
+
+    path: str
+    num_samples: int
+    num_classes: int
+    classes: tuple[str, ...]
+    shards: tuple[Shard, ...]
+
+    @property
+    def shard_sizes(self) -> list[int]:
+        """Sample count of each shard, in manifest order."""
+        return [s.num_samples for s in self.shards]
+
+
+def is_remote(name: str) -> bool:
+    """True for URLs and `pipe:` commands (kept as they are), False for plain paths."""
+    scheme = urlparse(name).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+def _field(doc: dict, key: str, kind: type, where: str):
+    if key not in doc:
+        raise DataError(f"{where} lacks the key {key!r}")
+    value = doc[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise DataError(f"{where}: {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _shard(entry: object, root: str, where: str) -> Shard:
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: every shard entry must be an object")
+    name = _field(entry, "name", str, where)
+    url = (
+        name
+        if is_remote(name)
+        else os.path.join(root, urlparse(name).path if name.startswith("file:") else name)
+    )
+    return Shard(
+        name=name,
+        url=url,
+        num_samples=_field(entry, "num_samples", int, where),
+        bytes=_field(entry, "bytes", int, where),
+        sha256=_field(entry, "sha256", str, where),
+    )
+
+
+def load_manifest(path: str) -> Manifest:
+    """Load a manifest from its folder or its manifest.json; local shards must exist."""
+    file = os.path.join(path, "manifest.json") if os.path.isdir(path) else path
+    try:
+        with open(file, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"manifest not found: {file}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"manifest {file} is unreadable: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"manifest {file} must hold a JSON object")
+    root = os.path.dirname(os.path.abspath(file))
+    entries = _field(doc, "shards", list, f"manifest {file}")
+    shards = tuple(_shard(e, root, f"manifest {file}") for e in entries)
+    classes = tuple(str(c) for c in _field(doc, "classes", list, f"manifest {file}"))
+    manifest = Manifest(
+        path=file,
+        num_samples=_field(doc, "num_samples", int, f"manifest {file}"),
+        num_classes=_field(doc, "num_classes", int, f"manifest {file}"),
+        classes=classes,
+        shards=shards,
+    )
+    _check(manifest)
+    return manifest
+
+
+def _check(m: Manifest) -> None:
+    if not m.shards:
+        raise DataError(f"manifest {m.path} lists no shards")
+    if sum(m.shard_sizes) != m.num_samples:
+        raise DataError(
+            f"manifest {m.path}: num_samples is {m.num_samples} but its shards hold {sum(m.shard_sizes)}"
+        )
+    if m.num_classes < 1 or len(m.classes) not in (0, m.num_classes):
+        raise DataError(
+            f"manifest {m.path}: num_classes {m.num_classes} does not match {len(m.classes)} classes"
+        )
+    for shard in m.shards:
+        if not is_remote(shard.name) and not os.path.isfile(shard.url):
+            raise DataError(f"shard not found: {shard.url} (listed in {m.path})")
