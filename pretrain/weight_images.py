@@ -38,8 +38,8 @@ def find_parameter(model: torch.nn.Module, name: str) -> torch.Tensor:
 
 
 def patch_grid(model: torch.nn.Module, num_tokens: int) -> tuple[int, int]:
-    """(rows, cols) of the patch grid: ``model.grid_size`` or ``model.stem.grid_size``, else a square."""
-    grid = getattr(model, "grid_size", None) or getattr(getattr(model, "stem", None), "grid_size", None)
+    """(rows, cols) of the patch grid: the first ``grid_size`` of the model or a submodule, else a square."""
+    grid = next((module.grid_size for module in model.modules() if hasattr(module, "grid_size")), None)
     if grid is not None:
         rows, cols = int(grid[0]), int(grid[1])
     else:
