@@ -56,7 +56,11 @@ class PreemptionFlag:
 
 
 def any_rank_requested(flag: PreemptionFlag) -> bool:
-    """True on every rank when any rank got a signal. A collective: call it at the same step on all ranks."""
+    """True on every rank when any rank got a signal.
+
+    A collective: every rank must call it at the same steps. On NCCL the result is read back from the GPU,
+    which waits for the queued work; the warning comes minutes ahead, so checking every few steps is enough.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag.requested
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
