@@ -106,7 +106,8 @@ def _from_slurm_env(environ: Mapping[str, str]) -> dict:
     step_tasks = "SLURM_STEP_NUM_TASKS" in environ  # this srun's tasks, which may be fewer than the job's
     world_size = _int(environ, "SLURM_STEP_NUM_TASKS" if step_tasks else "SLURM_NTASKS")
     node_rank = _int(environ, "SLURM_NODEID") if "SLURM_NODEID" in environ else 0
-    if "SLURM_NTASKS_PER_NODE" in environ:
+    # The step's own layout first; then the job's --ntasks-per-node, then the job's layout.
+    if "SLURM_STEP_TASKS_PER_NODE" not in environ and "SLURM_NTASKS_PER_NODE" in environ:
         local_world_size = _int(environ, "SLURM_NTASKS_PER_NODE")
     else:
         spec = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE")

@@ -78,6 +78,7 @@ def test_slurm_env_prefers_step_values_and_explicit_master():
     env = detect_env(
         {"SLURM_PROCID": "2", "SLURM_LOCALID": "0", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "3",
          "SLURM_NODEID": "2", "SLURM_STEP_TASKS_PER_NODE": "1(x3)", "SLURM_TASKS_PER_NODE": "8(x2)",
+         "SLURM_NTASKS_PER_NODE": "8",
          "SLURM_STEP_NODELIST": "b[1-3]", "SLURM_JOB_NODELIST": "a[1-3]", "SLURM_JOB_ID": "99",
          **NO_SCONTROL},
         cuda=False,
