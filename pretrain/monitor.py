@@ -1,0 +1,121 @@
+"""What a run reports while it trains: TensorBoard scalars and images, and a progress line on stdout.
+
+Only global rank 0 writes (a SummaryWriter in ``run_dir/tensorboard``); on other ranks, or when disabled,
+every method does nothing, so the trainer calls them unconditionally. Watch a run with ``tensorboard
+--logdir runs/``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+
+from pretrain.throughput import ThroughputWindow
+
+TENSORBOARD_SUBDIR = "tensorboard"
+
+
+def _print_flushed(line: str) -> None:
+    print(line, file=sys.stdout, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    """``3725`` -> ``1h02m``; days, hours, minutes or seconds, two units at most."""
+    total = max(0, int(round(seconds)))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def format_progress(step: int, total_steps: int, loss: float, lr: float, window: ThroughputWindow) -> str:
+    """One progress line: step/total, loss, learning rate, throughput, data wait and time left."""
+    eta = format_duration((total_steps - step) * window.sec_per_step)
+    return (
+        f"step {step}/{total_steps} ({100.0 * step / total_steps:.1f}%) | loss {loss:.4f} | lr {lr:.3e} | "
+        f"{window.images_per_sec:.1f} img/s | data wait {100.0 * window.data_wait_frac:.0f}% | eta {eta}"
+    )
+
+
+class Monitor:
+    """Rank 0's TensorBoard writer and progress printer; a no-op elsewhere.
+
+    ``every_steps`` sets how often :meth:`due` says yes: the trainer gathers its scalars on those steps
+    (and on the last).
+    ``emit`` receives each progress line (default: print to stdout, flushed).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        rank: int,
+        enabled: bool = True,
+        *,
+        total_steps: int,
+        every_steps: int = 50,
+        emit: Callable[[str], None] = _print_flushed,
+    ) -> None:
+        if every_steps < 1 or total_steps < 1:
+            raise ValueError(f"every_steps and total_steps must be >= 1, got {every_steps} and {total_steps}")
+        self.active = enabled and rank == 0
+        self.total_steps = total_steps
+        self.every_steps = every_steps
+        self._emit = emit
+        self._writer = None
+        if self.active:
+            from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: only where it writes
+
+            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_SUBDIR), flush_secs=30)
+
+    def due(self, step: int) -> bool:
+        """True on the steps where the trainer should log: every ``every_steps`` and the last step."""
+        return step % self.every_steps == 0 or step == self.total_steps
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float | torch.Tensor]) -> None:
+        """Write each ``tag: value`` (a number or a one-element tensor) at ``step``."""
+        if self._writer is None:
+            return
+        wall_time = time.time()
+        for tag, value in scalars.items():
+            self._writer.add_scalar(tag, float(value), global_step=step, walltime=wall_time)
+
+    def log_image(self, tag: str, step: int, image: torch.Tensor) -> None:
+        """Write a (C, H, W) or (H, W) image with values in [0, 1] (C is 1 or 3)."""
+        if self._writer is None:
+            return
+        if image.dim() == 2:
+            image = image.unsqueeze(0)
+        if image.dim() != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"image {tag!r} must be (H, W) or (1|3, H, W), got shape {tuple(image.shape)}")
+        pixels = image.detach().float().clamp(0, 1).cpu()
+        self._writer.add_image(tag, pixels, global_step=step, dataformats="CHW")
+
+    def progress(self, step: int, loss: float, lr: float, window: ThroughputWindow) -> None:
+        """Emit the progress line for ``step`` (rank 0 only)."""
+        if self.active:
+            self._emit(format_progress(step, self.total_steps, loss, lr, window))
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
