@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pretrain.distributed import add_launcher_arguments
+
 USAGE_EXIT = 2
 
 
@@ -52,12 +54,12 @@ def run_parser(description: str) -> argparse.ArgumentParser:
     """The options shared by the training entry points (`--local_rank` from the deepspeed launcher is accepted)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/mixer_l16.yaml")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. --set optim.lr=3e-3 train.zero_stage=3")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. --set optim.lr=3e-3 train.zero_stage=3 (repeatable)")
     parser.add_argument("--run-dir", default=None, help="output folder (default: runs/<config name>)")
     parser.add_argument("--resume", choices=["auto", "never"], default="never",
                         help="auto: continue from the run dir's latest checkpoint when there is one")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_launcher_arguments(parser)
     return parser
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `deepspeed launch/x.py` puts launch/ on sys.path
 
 from launch.cli import rank, run_main
+from pretrain.distributed import add_launcher_arguments
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -23,15 +24,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="a run dir (final.safetensors), .safetensors, official .npz or timm .pth")
     parser.add_argument("--data", default=None, help="validation shard folder (default: the config's data.val)")
     parser.add_argument("--fewshot", action="store_true", help="also run the few-shot linear evaluation")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="dotted config overrides (repeatable)")
     parser.add_argument("--run-dir", default=None, help="where metrics.json goes (default: runs/<config>/eval)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_launcher_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    import torch
 
     from finetune.config import FinetuneConfig
     from finetune.evaluate import evaluate, fewshot

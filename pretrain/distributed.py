@@ -29,6 +29,10 @@ SLURM_PORT_SPAN = 10000
 _TORCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
+class DistributedSetupError(ValueError):
+    """This process cannot join the job as configured (e.g. more processes per node than GPUs)."""
+
+
 @dataclass(frozen=True)
 class DistEnv:
     """This process's place in the run. ``node_rank`` is None when the launcher does not tell."""
@@ -179,7 +183,7 @@ def check_device(env: DistEnv, device_count: int | None = None) -> None:
     count = torch.cuda.device_count() if device_count is None else device_count
     if env.local_rank >= count:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
-        raise ValueError(
+        raise DistributedSetupError(
             f"local rank {env.local_rank} needs cuda:{env.local_rank} but this node shows {count} GPU(s) "
             f"(CUDA_VISIBLE_DEVICES={visible}); start at most {count} processes per node, one per GPU, "
             f"without binding one GPU per task"
@@ -199,9 +203,21 @@ def init_distributed(env: DistEnv) -> None:
     )
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
+    else:
+        share_cpu_threads(env)
     import deepspeed  # imported here: it takes seconds and probes the machine
 
     deepspeed.init_distributed(dist_backend=env.backend, verbose=False)
+
+
+def share_cpu_threads(env: DistEnv) -> None:
+    """On a CPU, give each local rank its share of the cores (unless OMP_NUM_THREADS says otherwise).
+
+    Ranks that each start one thread per core oversubscribe the machine; OpenMP's spinning threads then slow
+    every step many times over (measured: 12x on 2 cores with 2 ranks).
+    """
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
 
 
 def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:

@@ -220,7 +220,7 @@ class Trainer:
                 self.log_metrics(recent, timer, item)
                 recent = []
             if cfg.logging.image_every_steps and self.step % cfg.logging.image_every_steps == 0:
-                self.monitor.log_image("weights/token_mixing", self.step, token_mixing_image(self.engine.module))
+                self.log_weight_image()
             done = self.step >= cfg.train.steps
             if any_rank_requested(preemption) and not done:
                 self.save()
@@ -235,6 +235,14 @@ class Trainer:
         if self.step >= cfg.train.steps:
             export_weights(self.engine, self.run_dir / "final.safetensors", env.rank)
         return result
+
+    def log_weight_image(self) -> None:
+        """The first blocks' token-mixing units on the patch grid (paper, Figure 5); collective under ZeRO-3."""
+        model = self.engine.module
+        weights = [block.mlp_tokens.fc1.weight for block in model.blocks[:2]]
+        with deepspeed.zero.GatheredParameters(weights, enabled=self.cfg.train.zero_stage == 3):
+            image = token_mixing_image(model)
+        self.monitor.log_image("weights/token_mixing", self.step, image)
 
     def log_metrics(self, losses: list[float], timer: StepTimer, item: dict[str, Any]) -> None:
         finite = [v for v in losses if not math.isnan(v)]
