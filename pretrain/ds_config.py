@@ -18,6 +18,7 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, Any]:
         "gradient_accumulation_steps": accum,
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
+        "zero_allow_untested_optimizer": True,  # torch SGD/AdamW, handed over by us, are fine under ZeRO
         "bf16": {"enabled": train.precision == "bf16"},
         "fp16": {"enabled": train.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},

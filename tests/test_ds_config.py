@@ -20,6 +20,7 @@ def test_batch_accumulation_precision_and_stage():
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
         4096, 64, 4)
     assert ds["zero_optimization"] == {"stage": 2}
+    assert ds["zero_allow_untested_optimizer"] is True  # the fine-tune recipe's SGD under ZeRO
     assert ds["bf16"] == {"enabled": True} and ds["fp16"]["enabled"] is False
     assert ds["data_types"] == {"grad_accum_dtype": "fp32"}
     assert ds["gradient_clipping"] == 1.0
