@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -65,10 +66,10 @@ def fewshot(model: torch.nn.Module, cfg: FinetuneConfig, train: Manifest, val: M
                             seeds=tuple(f.seeds), l2_reg=f.l2_reg)
 
 
-def _gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a per-rank tensor of rows over all ranks (rank order; sizes may differ)."""
+def _gather_rows(rows: np.ndarray) -> np.ndarray:
+    """Concatenate a per-rank array of rows over all ranks (rank order; sizes may differ)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
+        return rows
     parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, t.cpu())
-    return torch.cat(parts)
+    dist.all_gather_object(parts, rows)
+    return np.concatenate(parts)
