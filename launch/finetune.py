@@ -17,10 +17,11 @@ from launch.cli import rank, run_dir_for, run_main, run_parser
 def main(argv: list[str] | None = None) -> int:
     args = run_parser(__doc__.splitlines()[0]).parse_args(argv)
     from finetune.config import FinetuneConfig
-    from finetune.trainer import finetune
     from pretrain.config import load_config
 
-    cfg = load_config(args.config, FinetuneConfig, args.set)
+    cfg = load_config(args.config, FinetuneConfig, args.set)  # before the slow imports: a typo fails at once
+    from finetune.trainer import finetune
+
     run_dir = run_dir_for(args.config, args.run_dir)
     result, metrics = finetune(cfg, run_dir, resume=args.resume == "auto")
     if metrics is not None and rank() == 0:

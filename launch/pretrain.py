@@ -16,9 +16,10 @@ from launch.cli import run_dir_for, run_main, run_parser
 def main(argv: list[str] | None = None) -> int:
     args = run_parser(__doc__.splitlines()[0]).parse_args(argv)
     from pretrain.config import PretrainConfig, load_config
+
+    cfg = load_config(args.config, PretrainConfig, args.set)  # before the slow imports: a typo fails at once
     from pretrain.trainer import train
 
-    cfg = load_config(args.config, PretrainConfig, args.set)
     result = train(cfg, run_dir_for(args.config, args.run_dir), resume=args.resume == "auto")
     return result.exit_code
 

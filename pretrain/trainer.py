@@ -226,8 +226,8 @@ class Trainer:
                 self.save()
                 result.preempted, result.exit_code = True, PREEMPTED_EXIT_CODE
                 break
-            if done or self.step % cfg.checkpoint.every_steps == 0:
-                self.save()
+            if (done or self.step % cfg.checkpoint.every_steps == 0) and self.bad_in_a_row == 0:
+                self.save()  # never while non-finite steps go on: `latest` stays the last good checkpoint
                 timer.restart()
             if done:
                 break
