@@ -6,8 +6,8 @@ STAMP := .venv/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m launch.prebuild_ops
 	touch $(STAMP)
 
 setup: $(STAMP)

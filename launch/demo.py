@@ -31,7 +31,7 @@ def build_digits(data: Path) -> None:
     for split in ("train", "val"):
         if not (data / split / "manifest.json").is_file():
             sh([sys.executable, "-m", "data_prep", "build", "--layout", "digits", "--source", "digits", "--split",
-                split, "--out", str(data / split), "--overwrite"])
+                split, "--out", str(data / split), "--shard-max-samples", "300", "--overwrite"])
 
 
 def distributed(script: str, nproc: int, *args: str) -> list[str]:
