@@ -47,7 +47,7 @@ def test_two_ranks_learn_log_every_tag_and_export(tmp_path, shards):
     assert proc.returncode == 0, failure(proc)
     curve = losses(tmp_path / "run")
     assert len(curve) == 60
-    assert curve[0] > 2.2 and sum(curve[-10:]) / 10 < 1.5, curve  # chance is ln 10 = 2.30
+    assert curve[0] > 2.2 and sum(curve[-10:]) / 10 < 1.7, curve  # chance is ln 10 = 2.30
     assert TAGS <= set(scalars(tmp_path / "run")), sorted(scalars(tmp_path / "run"))
     assert image_tags(tmp_path / "run") == ["weights/token_mixing"]
     assert (tmp_path / "run" / "config.yaml").is_file()
