@@ -14,19 +14,23 @@ def temp_path(path: str) -> str:
     return os.path.join(folder, f".{name}.tmp")
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent, the old file, or complete."""
+def write_bytes_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either absent, the old file, or complete.
+
+    ``durable`` also flushes the data to disk before the rename, so that it survives a power cut.
+    """
     tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
+def write_json_atomic(path: str, obj: Any, durable: bool = True) -> None:
     """Write ``obj`` as indented JSON, atomically (same object, same key order: same bytes)."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"), durable)
 
 
 def sha256_file(path: str, chunk: int = 1 << 22) -> str:

@@ -59,8 +59,10 @@ class BuildOptions:
         if self.overwrite and self.resume:
             raise DataPrepError("--overwrite and --resume exclude each other")
         prefix = self.prefix if self.prefix is not None else default_prefix(self)
-        if not PREFIX_RE.match(prefix):
-            raise DataPrepError(f"--prefix '{prefix}' may only hold letters, digits, '_' and '-'")
+        if not PREFIX_RE.match(prefix) or len(prefix) > 64:
+            raise DataPrepError(
+                f"--prefix '{prefix}' may only hold letters, digits, '_' and '-' (64 at most)"
+            )
         return dataclasses.replace(self, prefix=prefix)
 
     def recorded(self) -> dict:

@@ -2,14 +2,13 @@
 
 Members carry fixed metadata (mtime 0, uid/gid 0, mode 0444, user/group 'data_prep'), ustar format, names
 ``{key}.{ext}`` in sorted extension order: the layout webdataset's readers expect (``__key__`` + extensions).
-The stdlib ``tarfile`` is used rather than ``webdataset.TarWriter`` because it gives the same output without
-importing torch in every worker, and lets :func:`shard_bytes` predict the file size exactly.
+Not ``webdataset.TarWriter``: the same format without importing torch in every worker; and unlike a
+``tarfile`` stream, :func:`shard_bytes` predicts the file size before a sample is added.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 from dataclasses import dataclass
@@ -19,7 +18,37 @@ from data_prep.atomic import temp_path
 BLOCK = tarfile.BLOCKSIZE  # 512: header size and data padding unit
 RECORD = tarfile.RECORDSIZE  # 10240: a stream-mode tar file is padded to a multiple of this
 MTIME = 0
-OWNER = "data_prep"
+MODE = 0o444
+OWNER = b"data_prep"
+_NUL = b"\0"
+
+
+def _octal(value: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, value)
+
+
+# A ustar header is name | mode uid gid | size | mtime checksum type link magic+version uname gname dev pad;
+# only the name, the size and the checksum differ between our members.
+_AFTER_NAME = _octal(MODE, 8) + _octal(0, 8) * 2
+_AFTER_SIZE = (
+    _octal(MTIME, 12)
+    + b" " * 8
+    + tarfile.REGTYPE
+    + _NUL * 100
+    + tarfile.POSIX_MAGIC
+    + OWNER.ljust(32, _NUL) * 2
+    + _NUL * 16  # device numbers: empty for a regular file
+    + _NUL * 167
+)
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header ``tarfile`` writes for a regular file with our fixed metadata."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100:
+        raise ValueError(f"member name longer than 100 bytes: {name}")
+    header = raw.ljust(100, _NUL) + _AFTER_NAME + _octal(size, 12) + _AFTER_SIZE
+    return header[:148] + b"%06o\0" % sum(header) + header[155:]
 
 
 def sample_bytes(members: dict[str, bytes]) -> int:
@@ -41,53 +70,45 @@ class ShardInfo:
     sha256: str
 
 
-class _HashingFile:
-    """A write-only file wrapper that hashes and counts what passes through."""
-
-    def __init__(self, f: io.BufferedWriter):
-        self.f = f
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return self.f.write(data)
-
-
 class ShardWriter:
-    """Writes ``path`` under a temporary name and renames it on :meth:`close`; :meth:`abort` removes it."""
+    """Writes ``path`` under a temporary name and renames it on :meth:`close`; :meth:`abort` removes it.
+
+    The bytes are exactly what ``tarfile`` in ``w|`` mode writes for these members, at a fraction of its
+    per-member cost (which was a few percent of a resize-and-encode).
+    """
 
     def __init__(self, path: str):
         self.path = path
         self.tmp = temp_path(path)
         self._file = open(self.tmp, "wb")
-        self._hashing = _HashingFile(self._file)
-        self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._sha = hashlib.sha256()
         self.num_samples = 0
         self.payload = 0
 
+    def _write(self, data: bytes) -> None:
+        self._sha.update(data)
+        self._file.write(data)
+
     def add(self, key: str, members: dict[str, bytes]) -> None:
         """Append one sample: ``members`` maps extension -> bytes (e.g. {'jpg': ..., 'cls': b'3'})."""
+        parts = []
         for ext in sorted(members):
             data = members[ext]
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = MTIME
-            info.mode = 0o444
-            info.uname = info.gname = OWNER
-            self._tar.addfile(info, io.BytesIO(data))
+            parts += [tar_header(f"{key}.{ext}", len(data)), data, bytes(-len(data) % BLOCK)]
+        chunk = b"".join(parts)
+        self._write(chunk)
         self.num_samples += 1
-        self.payload += sample_bytes(members)
+        self.payload += len(chunk)
 
     def close(self) -> ShardInfo:
-        """Finish the tar, flush it to disk and rename it into place."""
-        self._tar.close()
+        """Write the end-of-archive blocks and record padding, flush to disk, rename into place."""
+        size = shard_bytes(self.payload)
+        self._write(bytes(size - self.payload))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.path)
-        return ShardInfo(self.num_samples, self._hashing.size, self._hashing.sha.hexdigest())
+        return ShardInfo(self.num_samples, size, self._sha.hexdigest())
 
     def abort(self) -> None:
         """Drop the unfinished shard."""

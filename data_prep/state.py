@@ -60,7 +60,8 @@ class BuildState:
         return os.path.join(self.blocks_dir, f"{block:06d}.json")
 
     def save_record(self, record: BlockRecord) -> None:
-        write_json_atomic(self.record_path(record.block), record.to_json())
+        # Not flushed: a record garbled by a power cut fails to load, and its block is simply built again.
+        write_json_atomic(self.record_path(record.block), record.to_json(), durable=False)
 
     def load_record(self, block: int) -> BlockRecord | None:
         """The block's record, or None if it is missing or unreadable (then the block is built again)."""

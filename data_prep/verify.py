@@ -93,9 +93,7 @@ def _samples(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, members
 
 
-def _check_sample(
-    key: str, members: dict[str, bytes], num_classes: int, decode: bool
-) -> tuple[int | None, str]:
+def _check_sample(members: dict[str, bytes], num_classes: int, decode: bool) -> tuple[int | None, str]:
     """(class index or None, problem or '') for one sample."""
     images = [ext for ext in members if ext not in _META]
     missing = [ext for ext in _META if ext not in members]
@@ -124,7 +122,7 @@ def _check_shard(path: str, entry: dict, result: VerifyResult, seen: set[str], d
                     if key in seen:
                         result.errors.append(f"{name}: sample {key}: key already seen in an earlier sample")
                     seen.add(key)
-                    cls, problem = _check_sample(key, members, len(result.classes), decode)
+                    cls, problem = _check_sample(members, len(result.classes), decode)
                     if cls is not None:
                         result.class_counts[cls] += 1
                     if problem:

@@ -1,7 +1,9 @@
 """data_prep.encode: validation by decoding, format detection, RGB re-encoding, and tar size prediction."""
 
+import hashlib
 import io
 import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -67,14 +69,27 @@ def test_broken_files_raise_bad_image_with_the_reason():
             encode_image(data, resize_shorter=32)
 
 
-def test_shard_size_is_predicted_exactly(tmp_path):
+def test_shards_are_what_tarfile_writes_and_their_size_is_predicted(tmp_path):
     writer = ShardWriter(str(tmp_path / "a.tar"))
     assert not os.path.exists(tmp_path / "a.tar") and os.path.exists(tmp_path / ".a.tar.tmp")
-    for i, data in enumerate(good_images().values()):
-        members = {"jpg": data, "cls": b"1", "json": b"{}" * i}
-        writer.add(f"s-{i:09d}", members)
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for i, data in enumerate(good_images().values()):
+            members = {"jpg": data, "cls": b"1", "json": b"{}" * i}
+            writer.add(f"s-{i:09d}", members)
+            for ext in sorted(members):
+                member = tarfile.TarInfo(f"s-{i:09d}.{ext}")
+                member.size, member.mode, member.uname, member.gname = (
+                    len(members[ext]),
+                    0o444,
+                    "data_prep",
+                    "data_prep",
+                )
+                tar.addfile(member, io.BytesIO(members[ext]))
     payload = writer.payload
     info = writer.close()
+    assert (tmp_path / "a.tar").read_bytes() == reference.getvalue()
+    assert info.sha256 == hashlib.sha256(reference.getvalue()).hexdigest()
     assert info.bytes == os.path.getsize(tmp_path / "a.tar") == shard_bytes(payload)
     assert sample_bytes({"jpg": b"x" * 513, "cls": b"1"}) == 512 + 1024 + 512 + 512
     assert not os.path.exists(tmp_path / ".a.tar.tmp")
