@@ -7,9 +7,8 @@ result equals an uninterrupted build. Too many unreadable images stop the build 
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from data_prep import outdir
 from data_prep.errors import DataPrepError
@@ -19,6 +18,7 @@ from data_prep.plan import Plan, difference, make_plan
 from data_prep.sources import Source, folders_source, imagenet_val_source, list_source
 from data_prep.state import BlockRecord, BuildState
 from data_prep.worker import BlockTask, run_block
+from data_prep.workers import run_tasks
 
 
 def load_source(options: BuildOptions) -> Source:
@@ -57,17 +57,6 @@ def _tasks(plan: Plan, source: Source, options: BuildOptions, blocks: list[int])
     return tasks
 
 
-def _run(tasks: list[BlockTask], workers: int) -> Iterator[BlockRecord]:
-    """Run the tasks here (one worker) or in a process pool; records arrive as blocks finish."""
-    if workers == 1 or len(tasks) <= 1:
-        yield from map(run_block, tasks)
-        return
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(min(workers, len(tasks))) as pool:
-        yield from pool.imap_unordered(run_block, tasks)
-
-
 def _check_skipped(skipped: list[dict], total: int, max_frac: float) -> None:
     if skipped and len(skipped) > max_frac * total:
         first = min(skipped, key=lambda s: s["path"])
@@ -91,6 +80,42 @@ def _start(plan: Plan, options: BuildOptions) -> tuple[BuildState, dict[int, Blo
     return state, outdir.take_back(options.out, state, plan.num_blocks, plan.prefix)
 
 
+def _finish_blocks(
+    plan: Plan,
+    source: Source,
+    options: BuildOptions,
+    done: dict[int, BlockRecord],
+    log: Callable[[str], None],
+) -> list[BlockRecord]:
+    """Build the blocks not in ``done``; all block records in order. Stops early on too many skipped."""
+    todo = [b for b in range(plan.num_blocks) if b not in done]
+    total = len(plan.items)
+    log(
+        f"{total} images, {len(plan.classes)} classes, {plan.num_blocks} blocks of up to {plan.block_size}; "
+        f"{len(done)} blocks kept, {len(todo)} to build with {options.workers} worker(s)"
+    )
+    skipped = [s for record in done.values() for s in record.skipped]
+    start, processed = time.perf_counter(), 0
+    records = run_tasks(run_block, _tasks(plan, source, options, todo), options.workers)
+    try:
+        for record in records:
+            done[record.block] = record
+            skipped += record.skipped
+            _check_skipped(skipped, total, options.max_skipped_frac)
+            processed += len(plan.block(record.block))
+            rate = processed / max(time.perf_counter() - start, 1e-9)
+            log(
+                f"  block {record.block} done ({len(done)}/{plan.num_blocks}), "
+                f"{len(skipped)} skipped so far, {rate:.0f} images/s"
+            )
+    finally:
+        records.close()  # on an error, stops the worker processes at once
+    _check_skipped(skipped, total, options.max_skipped_frac)
+    if not any(record.shards for record in done.values()):
+        raise DataPrepError(f"none of the {total} images could be read; no manifest written")
+    return [done[b] for b in range(plan.num_blocks)]
+
+
 def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
     """Build the shards and manifest that ``options`` describe; returns the manifest.
 
@@ -100,38 +125,11 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
     source = load_source(options)
     plan = make_plan(source, options)
     state, done = _start(plan, options)
-    todo = [b for b in range(plan.num_blocks) if b not in done]
-    total = len(plan.items)
-    log(
-        f"{total} images, {len(plan.classes)} classes, {plan.num_blocks} blocks of up to {plan.block_size}; "
-        f"{len(done)} blocks kept, {len(todo)} to build with {options.workers} worker(s)"
-    )
-    skipped = [s for record in done.values() for s in record.skipped]
-    start, processed = time.perf_counter(), 0
-    for record in _run(_tasks(plan, source, options, todo), options.workers):
-        done[record.block] = record
-        skipped += record.skipped
-        _check_skipped(skipped, total, options.max_skipped_frac)
-        processed += len(plan.block(record.block))
-        rate = processed / max(time.perf_counter() - start, 1e-9)
-        log(
-            f"  block {record.block} done ({len(done)}/{plan.num_blocks}), {len(skipped)} skipped so far, "
-            f"{rate:.0f} images/s"
-        )
-    _check_skipped(skipped, total, options.max_skipped_frac)
-    records = [done[b] for b in range(plan.num_blocks)]
-    if not any(record.shards for record in records):
-        raise DataPrepError(f"none of the {total} images could be read; no manifest written")
+    records = _finish_blocks(plan, source, options, done, log)
+    skipped = sorted((s for record in records for s in record.skipped), key=lambda s: s["path"])
     shards = outdir.place(options.out, state, records, plan.prefix)
     counts = [sum(record.class_counts[c] for record in records) for c in range(len(plan.classes))]
-    manifest = make_manifest(
-        options.layout,
-        options.recorded(),
-        plan.classes,
-        shards,
-        sorted(skipped, key=lambda s: s["path"]),
-        counts,
-    )
+    manifest = make_manifest(options.layout, options.recorded(), plan.classes, shards, skipped, counts)
     write_manifest(options.out, manifest)
     _summary(manifest, options.out, log)
     return manifest

@@ -14,6 +14,7 @@ import shutil
 from data_prep.atomic import sha256_file
 from data_prep.errors import DataPrepError
 from data_prep.manifest import MANIFEST_NAME, SHARD_NAME_RE, shard_name
+from data_prep.shards import ShardInfo
 from data_prep.state import STATE_DIR, BlockRecord, BuildState
 
 
@@ -55,7 +56,7 @@ def prepare(out: str, overwrite: bool, resume: bool) -> BuildState:
     return state
 
 
-def _intact(path: str, shard) -> bool:
+def _intact(path: str, shard: ShardInfo) -> bool:
     return os.path.isfile(path) and os.path.getsize(path) == shard.bytes and sha256_file(path) == shard.sha256
 
 
