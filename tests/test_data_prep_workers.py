@@ -8,7 +8,6 @@ import pytest
 
 from data_prep.workers import WorkerError, run_tasks
 
-
 _CHILDREN_BEFORE = set(multiprocessing.active_children())
 
 
