@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m data_prep`` parser with its two commands."""
     parser = _Parser(
         prog="python -m data_prep",
-        description=__doc__.split("\n")[0],
+        description="Turn image folders into class-mixed WebDataset tar shards with a manifest; verify them.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -57,7 +57,7 @@ def items_sha256(items: list[tuple[str, int]]) -> str:
     """A fingerprint of the sample list in order."""
     h = hashlib.sha256()
     for ref, cls in items:
-        h.update(f"{ref}\t{cls}\n".encode())
+        h.update(f"{ref}\t{cls}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
