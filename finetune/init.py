@@ -34,8 +34,8 @@ from finetune.resolution import (
     scale_factors,
     state_dict_grid,
 )
+from pretrain.checkpoint import CheckpointError, resolve_weights
 
-RUN_DIR_WEIGHTS = "final.safetensors"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 WRAPPER_KEYS = ("state_dict", "model", "module")
 
@@ -56,12 +56,13 @@ class InitReport:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict on the CPU from a run dir (its ``final.safetensors``), ``.safetensors`` or torch file."""
+    """A state dict on the CPU from a run/checkpoint dir (its fp32 weights), ``.safetensors`` or torch file."""
     path = Path(path)
     if path.is_dir():
-        if not (path / RUN_DIR_WEIGHTS).is_file():
-            raise InitError(f"{path} is a directory without {RUN_DIR_WEIGHTS}: not a finished run dir")
-        path = path / RUN_DIR_WEIGHTS
+        try:
+            path = resolve_weights(path)
+        except CheckpointError as err:
+            raise InitError(str(err)) from None
     if not path.is_file():
         raise InitError(f"init checkpoint not found: {path}")
     if path.suffix == ".safetensors":

@@ -1,8 +1,9 @@
 """Checkpoints of a DeepSpeed run: tagged folders, a `latest` pointer moved only after a complete save, pruning.
 
-Layout under `checkpoints/`: `step-00001000/` (DeepSpeed's files, our `meta.json` written last by rank 0),
-`latest` (the tag of the newest complete checkpoint). A kill during a save leaves `latest` on the previous one; the
-half-written folder is removed by the next save. `engine.save_checkpoint` is collective: every rank calls `save`.
+Layout under `checkpoints/`: `step-00001000/` (DeepSpeed's files, the full fp32 weights as `model.safetensors`, our
+`meta.json` written last by rank 0), `latest` (the tag of the newest complete checkpoint). A kill during a save
+leaves `latest` on the previous one; the half-written folder is removed by the next save. `engine.save_checkpoint`
+is collective: every rank calls `save`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch.distributed as dist
 
 META = "meta.json"
 POINTER = "latest"
+WEIGHTS = "model.safetensors"
+FINAL = "final.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -86,13 +89,15 @@ class Checkpointer:
         return json.loads((self.dir / tag / META).read_text())
 
     def save(self, engine, step: int, meta: dict[str, Any], client_state: dict[str, Any]) -> str:
-        """Collective save of `engine` at `step`; returns the tag once `latest` points at it."""
+        """Collective save of `engine` (and its fp32 weights) at `step`; returns the tag once `latest` points at it."""
+        from pretrain.export import export_weights
         tag = f"step-{step:08d}"
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.dir / tag, ignore_errors=True)  # a half-written save of the same step
         barrier()
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+        export_weights(engine, self.dir / tag / WEIGHTS, self.rank)
         barrier()
         if self.rank == 0:
             atomic_write_text(self.dir / tag / META, json.dumps({**meta, "step": step}, indent=1))
@@ -125,3 +130,19 @@ class Checkpointer:
         doomed = [t for t in tags if t not in complete and t != keep_tag] + complete[: -self.keep]
         for tag in doomed:
             shutil.rmtree(self.dir / tag, ignore_errors=True)
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """The fp32 `.safetensors` behind a run dir, a `checkpoints/` dir or one checkpoint's folder.
+
+    A run dir gives its `final.safetensors`, or else the weights of its `latest` checkpoint.
+    """
+    path = Path(path)
+    for candidate in (path / FINAL, path / WEIGHTS):
+        if candidate.is_file():
+            return candidate
+    for folder in (path / "checkpoints", path):
+        tag = Checkpointer(folder, keep=1, rank=0).latest_tag()
+        if tag is not None:
+            return folder / tag / WEIGHTS
+    raise CheckpointError(f"{path} holds no weights: expected {FINAL}, {WEIGHTS} or a checkpoints/{POINTER} pointer")

@@ -158,7 +158,8 @@ def test_patch_size_change_is_refused(pretrained):
             "cannot read {path}: expected a run dir, .safetensors or .pth/.pt/.bin (convert other "
             "formats, e.g. Flax .npz, with pretrain.models and pass the state dict)",
         ),
-        ("empty_run", "{path} is a directory without final.safetensors: not a finished run dir"),
+        ("empty_run",
+         "{path} holds no weights: expected final.safetensors, model.safetensors or a checkpoints/latest pointer"),
         ("garbage.pth", "cannot read {path} as a torch state dict: "),
     ],
 )
