@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.checkpoint import Checkpointer
+from pretrain.checkpoint import Checkpointer, resolve_weights
 from pretrain.models import create_model, load_weights
 from tests.helpers_runs import build_digits, failure, final_weights, image_tags, run, scalars, start, write_config
 
@@ -124,6 +124,9 @@ def test_sigusr1_checkpoints_exits_75_and_resumes(tmp_path, shards):
     tag = latest.read_text().strip()
     stopped_at = int(tag.split("-")[1])
     assert 5 <= stopped_at < 400 and not (tmp_path / "run" / "final.safetensors").exists()
+    weights = resolve_weights(tmp_path / "run")  # an unfinished run still serves as a fine-tune init
+    assert weights == tmp_path / "run" / "checkpoints" / tag / "model.safetensors"
+    load_weights(create_model("mixer_demo", num_classes=10, img_size=32), weights)
     resumed = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto",
                   "--set", f"train.steps={stopped_at + 2}")
     assert resumed.returncode == 0, failure(resumed)
