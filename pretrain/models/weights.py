@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -35,7 +35,7 @@ _READ_ERRORS = (
     ValueError,
     pickle.UnpicklingError,
     zipfile.BadZipFile,
-    SafetensorsError,
+    SafetensorError,
 )
 
 
