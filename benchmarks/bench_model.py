@@ -5,7 +5,7 @@ AdamW step on random images and labels. Rounds alternate ours, timm, ours, timm 
 so drift in machine load hits both alike. The peak is the best FLOP/s of a large square matmul in the same
 precision, timed in the same run; achieved FLOP/s = 3 x forward FLOPs per image x images/s.
 
-    .venv/bin/python -m benchmarks.bench_model --model mixer_b16 --batch 8 --steps 2 --rounds 5
+    .venv/bin/python -m benchmarks.bench_model --model mixer_b16 --batch 8 --rounds 7 --precision both
 """
 
 import argparse
@@ -22,10 +22,14 @@ from torch import nn
 
 from pretrain.models import MlpMixer, create_model, list_models, mixer_flops_per_image
 
+WARMUP_STEPS = 3
 
-def timm_twin(model: MlpMixer, tokens_dim: int, channels_dim: int) -> nn.Module:
+
+def timm_twin(model: MlpMixer) -> nn.Module:
     """timm's MlpMixer with the same configuration as ``model``, holding a copy of its weights."""
     dim = model.num_features
+    tokens_dim = model.blocks[0].mlp_tokens.fc1.out_features
+    channels_dim = model.blocks[0].mlp_channels.fc1.out_features
     twin = TimmMlpMixer(
         num_classes=model.num_classes,
         img_size=model.img_size,
@@ -97,8 +101,7 @@ def bench(args: argparse.Namespace, precision: str, device: torch.device) -> Non
     torch.manual_seed(0)
     ours = create_model(args.model)
     flops = mixer_flops_per_image(ours)
-    dims = ours.blocks[0].mlp_tokens.fc1.out_features, ours.blocks[0].mlp_channels.fc1.out_features
-    theirs = timm_twin(ours, *dims)
+    theirs = timm_twin(ours)
     images = torch.randn(args.batch, ours.stem.proj.in_channels, ours.img_size, ours.img_size, device=device)
     labels = torch.randint(0, ours.num_classes, (args.batch,), device=device)
     steps = {
@@ -106,9 +109,9 @@ def bench(args: argparse.Namespace, precision: str, device: torch.device) -> Non
         "timm": make_step(theirs, images, labels, precision),
     }
     peak = matmul_peak(device, precision)
-    for step in steps.values():  # warm-up: allocator, kernels, AdamW state
-        step()
-        step()
+    for step in steps.values():  # warm-up: oneDNN builds its bf16 kernels over the first ~3 steps on a CPU
+        for _ in range(WARMUP_STEPS):
+            step()
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
@@ -134,8 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="mixer_b16", help=f"one of {', '.join(list_models())}")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=2, help="training steps per timed round")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per model, alternating")
+    parser.add_argument("--steps", type=int, default=1, help="training steps per timed round")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per model, alternating")
     parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
@@ -155,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_model: {err}", file=sys.stderr)
         return 2
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{torch.get_num_threads()} CPU threads"
+    )
+    print(f"torch {torch.__version__}, {where}")
     for precision in precisions:
         bench(args, precision, device)
     return 0
