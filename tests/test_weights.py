@@ -159,19 +159,23 @@ def test_files_that_are_not_mixer_checkpoints_are_refused(tmp_path):
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "resnet.pth")
     np.savez(tmp_path / "vit.npz", **{"embedding/kernel": np.zeros(3)})
     torch.save([1, 2], tmp_path / "list.pth")
+    torch.save(demo(), tmp_path / "module.pth")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     (tmp_path / "weights.onnx").write_bytes(b"")
     cases = {
         "resnet.pth": "not an MLP-Mixer checkpoint (no 'stem.proj.weight' among its 1 keys)",
         "vit.npz": "not an MLP-Mixer checkpoint (no 'stem/kernel' among its 1 arrays)",
         "list.pth": "not an MLP-Mixer checkpoint (no state dict of tensors)",
-        "junk.safetensors": "cannot read weights: ",
+        "module.pth": "cannot read weights: it holds pickled objects, not just tensors "
+        "(save model.state_dict(), or use save_weights)",
+        "junk.safetensors": "cannot read weights: Error while deserializing header: ",
         "weights.onnx": "unknown weights format '.onnx' (expected .pth, .pt, .bin, .safetensors, .npz)",
     }
     for name, message in cases.items():
         with pytest.raises(WeightsError) as err:
             load_weights(demo(), tmp_path / name)
         assert str(err.value).startswith(f"{tmp_path / name}: {message}"), name
+        assert "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError, match="^weights file not found: "):
         load_weights(demo(), tmp_path / "absent.pth")
     with pytest.raises(WeightsError, match="^save_weights writes .safetensors files, got "):

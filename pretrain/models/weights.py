@@ -28,15 +28,7 @@ _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _STEM_KEY = "stem.proj.weight"
 _HEAD_PREFIX = "head."
 _LIST_LIMIT = 5
-_READ_ERRORS = (
-    OSError,
-    EOFError,
-    RuntimeError,
-    ValueError,
-    pickle.UnpicklingError,
-    zipfile.BadZipFile,
-    SafetensorError,
-)
+_READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile, SafetensorError)
 
 
 class WeightsError(ValueError):
@@ -86,8 +78,14 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
             state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
     except WeightsError:
         raise
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"{path}: cannot read weights: it holds pickled objects, not just tensors "
+            "(save model.state_dict(), or use save_weights)"
+        ) from err
     except _READ_ERRORS as err:
-        raise WeightsError(f"{path}: cannot read weights: {err}") from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path}: cannot read weights: {first_line}") from err
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if _STEM_KEY not in state:
         raise WeightsError(
