@@ -1,0 +1,16 @@
+"""MLP-Mixer models: the architecture, named variants, FLOP counts, and weight loading/saving."""
+
+from pretrain.models.flops import mixer_flops_per_image
+from pretrain.models.mixer import MlpMixer
+from pretrain.models.registry import create_model, list_models
+from pretrain.models.weights import WeightsError, load_weights, save_weights
+
+__all__ = [
+    "MlpMixer",
+    "WeightsError",
+    "create_model",
+    "list_models",
+    "load_weights",
+    "mixer_flops_per_image",
+    "save_weights",
+]

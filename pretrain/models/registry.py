@@ -1,0 +1,50 @@
+"""Named MLP-Mixer variants (paper Table 1, plus a tiny demo model) and the factory that builds them."""
+
+from typing import Any
+
+from pretrain.models.mixer import MlpMixer
+
+# layers / patch / hidden C / token-mixing D_S / channel-mixing D_C, as in the paper's Table 1.
+_VARIANTS: dict[str, dict[str, int]] = {
+    "mixer_s32": dict(num_blocks=8, patch_size=32, embed_dim=512, tokens_dim=256, channels_dim=2048),
+    "mixer_s16": dict(num_blocks=8, patch_size=16, embed_dim=512, tokens_dim=256, channels_dim=2048),
+    "mixer_b32": dict(num_blocks=12, patch_size=32, embed_dim=768, tokens_dim=384, channels_dim=3072),
+    "mixer_b16": dict(num_blocks=12, patch_size=16, embed_dim=768, tokens_dim=384, channels_dim=3072),
+    "mixer_l32": dict(num_blocks=24, patch_size=32, embed_dim=1024, tokens_dim=512, channels_dim=4096),
+    "mixer_l16": dict(num_blocks=24, patch_size=16, embed_dim=1024, tokens_dim=512, channels_dim=4096),
+    "mixer_h14": dict(num_blocks=32, patch_size=14, embed_dim=1280, tokens_dim=640, channels_dim=5120),
+    # Tiny model for CPU demos and tests: 32x32 images (8x8 tokens), or 64x64 (16x16 tokens) to fine-tune at
+    # twice the resolution with the same patch size; 10 classes (digits) unless overridden.
+    "mixer_demo": dict(
+        num_blocks=4,
+        patch_size=4,
+        embed_dim=128,
+        tokens_dim=64,
+        channels_dim=512,
+        img_size=32,
+        num_classes=10,
+    ),
+}
+
+# What a caller may change on a named variant; depth and widths define the variant and stay fixed.
+_OVERRIDABLE = frozenset(
+    {"num_classes", "img_size", "in_chans", "patch_size", "drop_rate", "drop_path_rate", "init", "gelu"}
+)
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create_model``, sorted."""
+    return sorted(_VARIANTS)
+
+
+def create_model(name: str, **overrides: Any) -> MlpMixer:
+    """Build the named Mixer variant; ``overrides`` may set num_classes, img_size, in_chans, patch_size,
+    drop_rate, drop_path_rate, init and gelu."""
+    if name not in _VARIANTS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    fixed = sorted(set(overrides) - _OVERRIDABLE)
+    if fixed:
+        raise ValueError(
+            f"cannot override {', '.join(fixed)} of {name}; overridable: {', '.join(sorted(_OVERRIDABLE))}"
+        )
+    return MlpMixer(**{**_VARIANTS[name], **overrides})

@@ -1,0 +1,173 @@
+"""Loading MLP-Mixer weights from timm-style and official Flax checkpoints; saving them as safetensors.
+
+Accepted files:
+- ``.pth``/``.pt``/``.bin``: a state dict with timm's names (``torch.load(weights_only=True)``), possibly
+  wrapped under ``"state_dict"`` or ``"model"``;
+- ``.safetensors``: the same names;
+- ``.npz``: an official Flax checkpoint (``stem/kernel`` HWIO, ``MixerBlock_{i}/...``,
+  ``pre_head_layer_norm/...``, ``head/...``; Dense kernels are (in, out)). The official models use
+  tanh-approximated GELU: build the model with ``gelu="tanh"`` to reproduce their outputs exactly.
+
+A leading ``module.`` (DataParallel/DDP) on every key is removed. Every key and shape is checked before
+anything is copied, so a wrong variant or class count raises ``WeightsError`` naming the first offending key
+and leaves the model untouched.
+"""
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+_STEM_KEY = "stem.proj.weight"
+_HEAD_PREFIX = "head."
+_LIST_LIMIT = 5
+_READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile, SafetensorError)
+
+
+class WeightsError(ValueError):
+    """A checkpoint that is unreadable, not an MLP-Mixer, or does not fit the model."""
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, drop_head: bool = False) -> None:
+    """Load the checkpoint at ``path`` into an MlpMixer; ``drop_head`` keeps the model's own head."""
+    path = Path(path)
+    state = _read(path)
+    if drop_head:
+        state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
+    _check_fits(model, state, path, drop_head)
+    model.load_state_dict(state, strict=not drop_head)
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the state dict to ``path`` (.safetensors) atomically; loadable by load_weights and by timm."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"save_weights writes .safetensors files, got {path}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint at ``path`` as a state dict with timm's names."""
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (*_TORCH_SUFFIXES, ".safetensors", ".npz"):
+        raise WeightsError(
+            f"{path}: unknown weights format {suffix!r} (expected .pth, .pt, .bin, .safetensors, .npz)"
+        )
+    try:
+        if suffix == ".safetensors":
+            state = load_file(path)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                state = _from_flax({k: npz[k] for k in npz.files}, path)
+        else:
+            state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+    except WeightsError:
+        raise
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"{path}: cannot read weights: it holds pickled objects, not just tensors "
+            "(save model.state_dict(), or use save_weights)"
+        ) from err
+    except _READ_ERRORS as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{path}: cannot read weights: {first_line}") from err
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if _STEM_KEY not in state:
+        raise WeightsError(
+            f"{path}: not an MLP-Mixer checkpoint (no {_STEM_KEY!r} among its {len(state)} keys)"
+        )
+    return state
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a torch checkpoint: the object itself or its 'state_dict'/'model' entry."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: not an MLP-Mixer checkpoint (no state dict of tensors)")
+    return obj
+
+
+def _from_flax(arrays: dict[str, np.ndarray], path: Path) -> dict[str, torch.Tensor]:
+    """Official Flax Mixer arrays -> timm-named tensors (HWIO conv -> OIHW, (in, out) Dense -> (out, in))."""
+    if "stem/kernel" not in arrays:
+        raise WeightsError(
+            f"{path}: not an MLP-Mixer checkpoint (no 'stem/kernel' among its {len(arrays)} arrays)"
+        )
+    state = {}
+    for key, array in arrays.items():
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if key.endswith("/kernel"):
+            tensor = tensor.permute(3, 2, 0, 1) if tensor.ndim == 4 else tensor.T
+        state[_timm_name(key)] = tensor.contiguous()
+    return state
+
+
+def _timm_name(flax_key: str) -> str:
+    """'MixerBlock_3/token_mixing/Dense_1/kernel' -> 'blocks.3.mlp_tokens.fc2.weight'; unknown parts kept."""
+    parts = []
+    for part in flax_key.split("/"):
+        if part.startswith("MixerBlock_"):
+            parts.append(f"blocks.{part.removeprefix('MixerBlock_')}")
+        else:
+            parts.append(_FLAX_PARTS.get(part, part))
+    return ".".join(parts)
+
+
+_FLAX_PARTS = {
+    "stem": "stem.proj",
+    "pre_head_layer_norm": "norm",
+    "LayerNorm_0": "norm1",
+    "LayerNorm_1": "norm2",
+    "token_mixing": "mlp_tokens",
+    "channel_mixing": "mlp_channels",
+    "Dense_0": "fc1",
+    "Dense_1": "fc2",
+    "kernel": "weight",
+    "scale": "weight",
+}
+
+
+def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: Path, drop_head: bool) -> None:
+    """Raise WeightsError unless ``state`` has exactly the model's keys (head aside if dropped) and shapes."""
+    expected = model.state_dict()
+    if drop_head:
+        expected = {k: v for k, v in expected.items() if not k.startswith(_HEAD_PREFIX)}
+    for key, value in expected.items():
+        if key in state and state[key].shape != value.shape:
+            hint = " (drop_head=True keeps the model's own head)" if key.startswith(_HEAD_PREFIX) else ""
+            raise WeightsError(
+                f"{path}: shape mismatch for {key}: checkpoint {tuple(state[key].shape)}, "
+                f"model {tuple(value.shape)}{hint}"
+            )
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise WeightsError(f"{path}: checkpoint lacks {len(missing)} model key(s): {_listing(missing)}")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise WeightsError(
+            f"{path}: checkpoint has {len(unexpected)} key(s) the model lacks: {_listing(unexpected)}"
+        )
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return shown if len(keys) <= _LIST_LIMIT else f"{shown} ... (+{len(keys) - _LIST_LIMIT} more)"
