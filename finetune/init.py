@@ -5,20 +5,16 @@ from the token-mixing weight shapes, expands the token-mixing MLPs when the mode
 resolution (``finetune.resolution``), drops the head when its class count differs from the model's
 (the model's head is then zeroed, as in the official fine-tuning code), and loads strictly otherwise.
 
-``read_state_dict`` reads only our own formats (a run dir's ``final.safetensors``, a ``.safetensors``
-file, a torch ``.pth``/``.pt``/``.bin`` state dict); other formats, such as the official Flax ``.npz``,
-are parsed by ``pretrain.models`` and passed here as a state dict.
+``read_state_dict`` finds the weights of a run or checkpoint dir (``pretrain.checkpoint.resolve_weights``)
+and reads every weights format through ``pretrain.models.read_weights`` (.safetensors, timm .pth, Flax .npz).
 """
 
 from __future__ import annotations
 
-import argparse
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -35,9 +31,7 @@ from finetune.resolution import (
     state_dict_grid,
 )
 from pretrain.checkpoint import CheckpointError, resolve_weights
-
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-WRAPPER_KEYS = ("state_dict", "model", "module")
+from pretrain.models import WeightsError, read_weights
 
 
 class InitError(FinetuneError):
@@ -56,48 +50,11 @@ class InitReport:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict on the CPU from a run/checkpoint dir (its fp32 weights), ``.safetensors`` or torch file."""
-    path = Path(path)
-    if path.is_dir():
-        try:
-            path = resolve_weights(path)
-        except CheckpointError as err:
-            raise InitError(str(err)) from None
-    if not path.is_file():
-        raise InitError(f"init checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(path, device="cpu")
-    if path.suffix not in TORCH_SUFFIXES:
-        raise InitError(
-            f"cannot read {path}: expected a run dir, .safetensors or {'/'.join(TORCH_SUFFIXES)} "
-            "(convert other formats, e.g. Flax .npz, with pretrain.models and pass the state dict)"
-        )
+    """A state dict on the CPU from a run or checkpoint dir (its fp32 weights) or a weights file of any format."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train checkpoints hold args
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise InitError(f"cannot read {path} as a torch state dict: {_load_error_reason(e)}") from None
-    return _unwrap(obj, path)
-
-
-def _load_error_reason(error: Exception) -> str:
-    """The informative line of a ``torch.load`` error (the unsupported global, when that is the cause)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    unsupported = [line for line in lines if "Unsupported global" in line or "Unsupported operand" in line]
-    return (unsupported or lines or [type(error).__name__])[0]
-
-
-def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    """The tensor dict in a torch checkpoint (bare or under state_dict/model/module), "module." stripped."""
-    for key in WRAPPER_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InitError(f"{path} does not hold a state dict of tensors")
-    if obj and all(k.startswith("module.") for k in obj):
-        return {k[len("module.") :]: v for k, v in obj.items()}
-    return dict(obj)
+        return read_weights(resolve_weights(path) if Path(path).is_dir() else path)
+    except (CheckpointError, WeightsError) as err:
+        raise InitError(str(err)) from None
 
 
 def _head_classes(state: Mapping[str, torch.Tensor]) -> int:

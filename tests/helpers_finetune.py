@@ -1,14 +1,15 @@
 """Shared helpers for the fine-tune tests: tiny Mixers with every parameter randomised.
 
-``make_mixer`` is the one place that builds models for these tests, so it can be switched from timm's
-MlpMixer to our own ``pretrain.models`` Mixer (same parameter names and methods) in one line.
+``make_mixer`` builds our own ``pretrain.models.MlpMixer`` (timm's parameter names and methods), the model the
+fine-tune stage operates on.
 """
 
 from __future__ import annotations
 
 import torch
-from timm.models.mlp_mixer import MlpMixer
 from torch import nn
+
+from pretrain.models import MlpMixer
 
 
 def make_mixer(
@@ -29,7 +30,8 @@ def make_mixer(
         patch_size=patch_size,
         num_blocks=num_blocks,
         embed_dim=embed_dim,
-        mlp_ratio=(0.5, 4.0),
+        tokens_dim=embed_dim // 2,
+        channels_dim=embed_dim * 4,
     )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

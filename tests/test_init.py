@@ -103,12 +103,14 @@ def test_not_a_mixer_checkpoint(tmp_path):
     path = save(
         {"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(10, 4)}, tmp_path / "r.pth"
     )
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(InitError) as info:
         load_init(make_mixer(), path)
+    assert str(info.value) == f"{path}: not an MLP-Mixer checkpoint (no 'stem.proj.weight' among its 2 keys)"
+    with pytest.raises(ResolutionError) as info:  # the same check on a state dict passed directly
+        load_init(make_mixer(), {"fc.weight": torch.zeros(10, 4)})
     assert str(info.value) == (
-        f"checkpoint {path} is not an MLP-Mixer state dict: it has no stem.proj.weight or "
-        "blocks.0.mlp_tokens.fc1.weight"
-    )
+        "the init state dict is not an MLP-Mixer state dict: it has no stem.proj.weight or "
+        "blocks.0.mlp_tokens.fc1.weight")
 
 
 def test_unexpandable_resolution(pretrained):
@@ -152,15 +154,11 @@ def test_patch_size_change_is_refused(pretrained):
 @pytest.mark.parametrize(
     "name,message",
     [
-        ("missing.safetensors", "init checkpoint not found: {path}"),
-        (
-            "weights.npz",
-            "cannot read {path}: expected a run dir, .safetensors or .pth/.pt/.bin (convert other "
-            "formats, e.g. Flax .npz, with pretrain.models and pass the state dict)",
-        ),
+        ("missing.safetensors", "weights file not found: {path}"),
+        ("weights.npz", "{path}: cannot read weights: "),
         ("empty_run",
          "{path} holds no weights: expected final.safetensors, model.safetensors or a checkpoints/latest pointer"),
-        ("garbage.pth", "cannot read {path} as a torch state dict: "),
+        ("garbage.pth", "{path}: cannot read weights: "),
     ],
 )
 def test_unreadable_sources(tmp_path, name, message):

@@ -78,9 +78,10 @@ def test_expanded_token_mlp_mixes_each_part_independently():
     old, new = expanded_pair((16, 16), (32, 32))
     parts = torch.randn(3, 32, 4, 4, 4)  # (batch, channels, part, row, col) for the 4x4 pretrained grid
     tiled = einops.rearrange(parts, "b c (P Q) i j -> b c (P i Q j)", P=2)
-    expected = old.blocks[0].mlp_tokens(einops.rearrange(parts, "b c k i j -> (b k) c (i j)"))
-    expected = einops.rearrange(expected, "(b P Q) c (i j) -> b c (P i Q j)", P=2, Q=2, i=4)
-    got = new.blocks[0].mlp_tokens(tiled)
+    # our token-mixing MLP takes the (B, N, C) layout
+    expected = old.blocks[0].mlp_tokens(einops.rearrange(parts, "b c k i j -> (b k) (i j) c"))
+    expected = einops.rearrange(expected, "(b P Q) (i j) c -> b c (P i Q j)", P=2, Q=2, i=4)
+    got = new.blocks[0].mlp_tokens(tiled.transpose(1, 2)).transpose(1, 2)
     assert (got - expected).abs().max() < 1e-5
 
 

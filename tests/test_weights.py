@@ -176,7 +176,7 @@ def test_files_that_are_not_mixer_checkpoints_are_refused(tmp_path):
             load_weights(demo(), tmp_path / name)
         assert str(err.value).startswith(f"{tmp_path / name}: {message}"), name
         assert "\n" not in str(err.value)
-    with pytest.raises(FileNotFoundError, match="^weights file not found: "):
+    with pytest.raises(WeightsError, match="^weights file not found: "):
         load_weights(demo(), tmp_path / "absent.pth")
     with pytest.raises(WeightsError, match="^save_weights writes .safetensors files, got "):
         save_weights(demo(), tmp_path / "out.pth")

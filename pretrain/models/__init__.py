@@ -3,7 +3,7 @@
 from pretrain.models.flops import mixer_flops_per_image
 from pretrain.models.mixer import MlpMixer
 from pretrain.models.registry import create_model, list_models
-from pretrain.models.weights import WeightsError, load_weights, save_weights
+from pretrain.models.weights import WeightsError, load_weights, read_weights, save_weights
 
 __all__ = [
     "MlpMixer",
@@ -11,6 +11,7 @@ __all__ = [
     "create_model",
     "list_models",
     "load_weights",
+    "read_weights",
     "mixer_flops_per_image",
     "save_weights",
 ]

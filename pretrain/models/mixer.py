@@ -50,16 +50,16 @@ _LN_EPS = 1e-6
 class PatchStem(nn.Module):
     """Per-patch linear embedding: (B, in_chans, H, W) -> (B, num_tokens, embed_dim), tokens row-major."""
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
         self.img_size = img_size
         self.proj = LecunConv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
+        if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(
                 f"input is {x.shape[-2]}x{x.shape[-1]} "
-                f"but the model was built for {self.img_size}x{self.img_size}"
+                f"but the model was built for {self.img_size[0]}x{self.img_size[1]}"
             )
         return rearrange(self.proj(x), "b c h w -> b (h w) c").contiguous()
 
@@ -133,7 +133,7 @@ class MlpMixer(nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
-        img_size: int = 224,
+        img_size: int | tuple[int, int] = 224,
         in_chans: int = 3,
         patch_size: int = 16,
         num_blocks: int = 8,
@@ -146,7 +146,8 @@ class MlpMixer(nn.Module):
         gelu: GeluKind = "exact",
     ) -> None:
         super().__init__()
-        if img_size % patch_size:
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if size[0] % patch_size or size[1] % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         if init not in _DENSE:
             raise ValueError(f"init must be one of {sorted(_DENSE)}, got {init!r}")
@@ -160,11 +161,11 @@ class MlpMixer(nn.Module):
         self.num_features = embed_dim
         self.patch_size = patch_size
         self.img_size = img_size
-        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.grid_size = (size[0] // patch_size, size[1] // patch_size)
         self.num_tokens = self.grid_size[0] * self.grid_size[1]
         self.grad_checkpointing = False
 
-        self.stem = PatchStem(img_size, patch_size, in_chans, embed_dim)
+        self.stem = PatchStem(size, patch_size, in_chans, embed_dim)
         rates = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
         self.blocks = nn.Sequential(
             *[

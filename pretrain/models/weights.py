@@ -13,9 +13,11 @@ anything is copied, so a wrong variant or class count raises ``WeightsError`` na
 and leaves the model untouched.
 """
 
+import argparse
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +40,23 @@ class WeightsError(ValueError):
 def load_weights(model: nn.Module, path: str | os.PathLike, drop_head: bool = False) -> None:
     """Load the checkpoint at ``path`` into an MlpMixer; ``drop_head`` keeps the model's own head."""
     path = Path(path)
-    state = _read(path)
+    state = read_weights(path)
     if drop_head:
         state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
     _check_fits(model, state, path, drop_head)
     model.load_state_dict(state, strict=not drop_head)
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write the state dict to ``path`` (.safetensors) atomically; loadable by load_weights and by timm."""
+def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Write a model's (or a state dict's) tensors to ``path`` (.safetensors) atomically.
+
+    Loadable by load_weights and by timm.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise WeightsError(f"save_weights writes .safetensors files, got {path}")
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})
@@ -59,10 +65,11 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint at ``path`` as a state dict with timm's names."""
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The checkpoint at ``path`` (.pth/.pt/.bin, .safetensors, official .npz) as a state dict with timm's names."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise WeightsError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in (*_TORCH_SUFFIXES, ".safetensors", ".npz"):
         raise WeightsError(
@@ -75,7 +82,8 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
             with np.load(path, allow_pickle=False) as npz:
                 state = _from_flax({k: npz[k] for k in npz.files}, path)
         else:
-            state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+            with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train checkpoints hold args
+                state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
     except WeightsError:
         raise
     except pickle.UnpicklingError as err:
@@ -95,9 +103,9 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a torch checkpoint: the object itself or its 'state_dict'/'model' entry."""
+    """The state dict inside a torch checkpoint: the object itself or its 'state_dict'/'model'/'module' entry."""
     if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model", "module"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
