@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
 
-from pretrain.models import save_tensors
+from pretrain.models import save_weights
 
 
 def full_fp32_state_dict(engine) -> dict[str, torch.Tensor]:
@@ -25,4 +25,4 @@ def export_weights(engine, path: Path, rank: int) -> None:
     """Write the fp32 weights to `path` from rank 0 (atomically); every rank must call it."""
     state = full_fp32_state_dict(engine)
     if rank == 0:
-        save_tensors(state, path)
+        save_weights(state, path)
