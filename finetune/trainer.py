@@ -30,8 +30,11 @@ class FinetuneTrainer(Trainer):
 
     cfg: FinetuneConfig
 
-    def build_model(self) -> nn.Module:
+    def check_data(self) -> None:
+        """The new head and the data must agree on the class count."""
         check_classes(self.manifest, self.cfg.model.num_classes, self.cfg.data.train)
+
+    def build_model(self) -> nn.Module:
         model = build_model(self.cfg)
         load_init(model, self.cfg.init.path, drop_head=self.cfg.init.drop_head)
         if self.cfg.init.drop_head:

@@ -89,9 +89,7 @@ class Trainer:
         self.accum = check_against_world(cfg, env.world_size)
         self.micro = cfg.train.micro_batch
         self.manifest = load_manifest(cfg.data.train)
-        if self.manifest.num_classes > cfg.model.num_classes:
-            raise ConfigError(f"`model.num_classes`: {cfg.model.num_classes} is fewer than the "
-                              f"{self.manifest.num_classes} classes of {cfg.data.train}")
+        self.check_data()
         self.model = self.build_model()
         torch.manual_seed(cfg.train.seed * 1000 + env.rank)  # dropout / drop-path differ per rank
         optimizer = build_optimizer(self.model, cfg.optim, env.device)
@@ -110,6 +108,13 @@ class Trainer:
         self.bad_in_a_row = 0
         self.bad_steps = 0
         self.data_state: dict[str, Any] | None = None
+
+    def check_data(self) -> None:
+        """The head must have room for every class of the data."""
+        cfg = self.cfg
+        if self.manifest.num_classes > cfg.model.num_classes:
+            raise ConfigError(f"`model.num_classes`: {cfg.model.num_classes} is fewer than the "
+                              f"{self.manifest.num_classes} classes of {cfg.data.train}")
 
     def build_model(self) -> nn.Module:
         """The network to train (the fine-tune stage overrides this to load weights and swap the head)."""
