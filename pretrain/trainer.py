@@ -90,6 +90,8 @@ class Trainer:
         self.micro = cfg.train.micro_batch
         self.manifest = load_manifest(cfg.data.train)
         self.check_data()
+        if cfg.train.precision == "fp16" and env.device.type == "cpu":
+            raise ConfigError("`train.precision`: 'fp16' is not supported by DeepSpeed on a CPU; use bf16 or fp32")
         self.model = self.build_model()
         torch.manual_seed(cfg.train.seed * 1000 + env.rank)  # dropout / drop-path differ per rank
         optimizer = build_optimizer(self.model, cfg.optim, env.device)

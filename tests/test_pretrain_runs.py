@@ -153,6 +153,9 @@ def test_user_mistakes_are_one_line_with_status_2(tmp_path, shards):
     missing = run(PRETRAIN, 1, "--config", config(tmp_path, tmp_path / "nowhere", name="missing.yaml"))
     assert missing.returncode == 2 and "nowhere" in missing.stderr.strip().splitlines()[-1], failure(missing)
     assert "Traceback" not in missing.stderr
+    fp16 = run(PRETRAIN, 1, "--config", config(tmp_path, shards), "--set", "train.precision=fp16")
+    assert (fp16.returncode, fp16.stderr.strip().splitlines()[-1]) == (
+        2, "error: `train.precision`: 'fp16' is not supported by DeepSpeed on a CPU; use bf16 or fp32")
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path, shards):
