@@ -67,6 +67,8 @@ def config(args: argparse.Namespace, data: str) -> PretrainConfig:
     cfg.data.train, cfg.data.workers, cfg.data.shuffle_buffer = data, args.workers, 256
     cfg.train.global_batch = cfg.train.micro_batch = args.batch
     cfg.train.precision, cfg.train.zero_stage = args.precision, args.zero_stage
+    if args.precision == "bf16" and args.zero_stage == 0:
+        cfg.train.grad_accum_dtype = "bf16"  # DeepSpeed's only ZeRO-0 bf16 path
     cfg.train.steps = 10**9
     cfg.schedule.warmup_steps = 10
     cfg.augment.hflip = 0.5

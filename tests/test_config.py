@@ -49,6 +49,15 @@ def test_wrong_type_and_range_name_key_value_and_allowed(tmp_path):
         "`model.grad_checkpointing`: 1 is not allowed; expected true or false")
 
 
+def test_bf16_with_fp32_accumulation_needs_zero_1(tmp_path):
+    path = write(tmp_path, "data: {train: x}\n")
+    assert error_of(path, ["train.zero_stage=0", "train.precision=bf16"]) == (
+        "`train.grad_accum_dtype`: 'fp32' is not allowed; expected 'bf16' with train.zero_stage 0 (DeepSpeed's "
+        "ZeRO-0 bf16 path accumulates in bf16), or train.zero_stage >= 1 to keep fp32 accumulation")
+    cfg = load_config(path, PretrainConfig, ["train.zero_stage=0", "train.grad_accum_dtype=bf16"])
+    assert (cfg.train.zero_stage, cfg.train.grad_accum_dtype) == (0, "bf16")
+
+
 def test_missing_data_path_is_an_error(tmp_path):
     path = write(tmp_path, "train: {steps: 3}\n")
     assert error_of(path).startswith("`data.train`: '' is not allowed")

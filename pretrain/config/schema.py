@@ -138,7 +138,7 @@ class TrainConfig:
     global_batch: int = 4096
     micro_batch: int = 64
     precision: str = "bf16"
-    zero_stage: int = 0
+    zero_stage: int = 1
     grad_accum_dtype: str = "fp32"
     seed: int = 0
     max_bad_steps: int = 10
@@ -154,6 +154,10 @@ class TrainConfig:
         require(self.grad_accum_dtype in ("fp32", "bf16", "fp16"), f"{prefix}.grad_accum_dtype",
                  self.grad_accum_dtype, "'fp32', 'bf16' or 'fp16'")
         require(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", self.max_bad_steps, "an integer >= 1")
+        require(not (self.precision == "bf16" and self.zero_stage == 0 and self.grad_accum_dtype == "fp32"),
+                f"{prefix}.grad_accum_dtype", self.grad_accum_dtype,
+                "'bf16' with train.zero_stage 0 (DeepSpeed's ZeRO-0 bf16 path accumulates in bf16), or "
+                "train.zero_stage >= 1 to keep fp32 accumulation")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps for this world size (checked by `check_against_world`)."""
