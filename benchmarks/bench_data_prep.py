@@ -27,13 +27,11 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import numpy as np
-import skimage.data
 from PIL import Image
-from sklearn.datasets import load_sample_images
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.photos import source_photos  # noqa: E402
 from data_prep.build import build  # noqa: E402
 from data_prep.encode import target_size  # noqa: E402
 from data_prep.options import BuildOptions  # noqa: E402
@@ -41,23 +39,10 @@ from data_prep.options import BuildOptions  # noqa: E402
 SHORTER, QUALITY = 256, 90
 
 
-def _photos() -> list[np.ndarray]:
-    names = [
-        "astronaut",
-        "coffee",
-        "chelsea",
-        "rocket",
-        "hubble_deep_field",
-        "immunohistochemistry",
-        "retina",
-    ]
-    return list(load_sample_images().images) + [getattr(skimage.data, n)() for n in names]
-
-
 def make_tree(root: str, num_images: int, num_classes: int = 10, seed: int = 0) -> int:
     """``num_images`` JPEGs (long side 500, ImageNet-like aspect, quality 90) in ``num_classes`` folders."""
     rng = random.Random(seed)
-    photos = _photos()
+    photos = source_photos()
     total = 0
     for i in range(num_images):
         photo = photos[i % len(photos)]

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.datasets import load_sample_images
 from timm.data import create_transform
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from benchmarks.photos import source_photos
 from pretrain.data import build_train_loader, load_manifest, train_transform
 from tests.helpers_shards import encode, sample, write_manifest, write_shard
 
@@ -35,24 +35,6 @@ SIZE = 224
 RANDAUGMENT = "rand-m9-mstd0.5"
 MEAN = STD = (0.5, 0.5, 0.5)
 CLASSES = 10
-
-
-def source_photos() -> list[np.ndarray]:
-    """The colour photos that ship with scikit-learn and scikit-image."""
-    import skimage.data as sd
-
-    photos = list(load_sample_images().images)
-    for name in (
-        "astronaut",
-        "coffee",
-        "chelsea",
-        "rocket",
-        "hubble_deep_field",
-        "immunohistochemistry",
-        "retina",
-    ):
-        photos.append(getattr(sd, name)())
-    return photos
 
 
 def make_jpegs(n: int, long_side: int = 500, seed: int = 0) -> list[bytes]:
