@@ -18,7 +18,7 @@ from finetune.head import replace_head
 from finetune.init import load_init
 from finetune.metrics import write_metrics
 from pretrain.data import load_manifest
-from pretrain.distributed import detect_env, init_distributed
+from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
 from pretrain.preemption import PreemptionFlag
 from pretrain.trainer import Trainer, TrainResult, build_model
 
@@ -70,5 +70,6 @@ def finetune(cfg: FinetuneConfig, run_dir: Path, resume: bool) -> tuple[TrainRes
         metrics = trainer.evaluate() if not result.preempted and cfg.data.val else None
     finally:
         trainer.monitor.close()
+    shutdown_distributed()
     return result, metrics
 

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.metrics import write_metrics
     from pretrain.config import load_config
     from pretrain.data import load_manifest
-    from pretrain.distributed import detect_env, init_distributed
+    from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
     from pretrain.trainer import DTYPES, build_model
 
     overrides = [*args.set, f"init.path={args.checkpoint}"] + ([f"data.val={args.data}"] if args.data else [])
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank() == 0:
         write_metrics(run_dir / "metrics.json", metrics)
         print(json.dumps({k: metrics[k] for k in ("top1", "top5", "loss", "num_samples")}), flush=True)
+    shutdown_distributed()
     return 0
 
 

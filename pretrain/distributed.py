@@ -220,6 +220,19 @@ def share_cpu_threads(env: DistEnv) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group in order (all ranks, then destroy), so no communication thread outlives Python.
+
+    Exiting with the group still up let a gloo/shared-memory thread be torn down while joinable ("terminate called
+    without an active exception", SIGABRT) after a run had finished its work.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     """Accept (and hide) the ``--local_rank``/``--local-rank`` argument ``deepspeed`` passes to scripts."""
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)

@@ -29,7 +29,7 @@ from pretrain.data import (
     normalize_on_device,
     train_transform,
 )
-from pretrain.distributed import DistEnv, detect_env, init_distributed
+from pretrain.distributed import DistEnv, detect_env, init_distributed, shutdown_distributed
 from pretrain.ds_config import deepspeed_config
 from pretrain.export import export_weights
 from pretrain.memory import memory_stats
@@ -211,9 +211,22 @@ class Trainer:
         if self.step >= cfg.train.steps:
             return result
         timer = StepTimer()
-        recent: list[float] = []
         save_config(cfg, self.run_dir / "config.yaml") if env.rank == 0 else None
-        for item in self.loader():
+        loader = self.loader()
+        try:
+            self._loop(loader, timer, result, preemption)
+        finally:
+            loader.close()
+        result.step, result.bad_steps = self.step, self.bad_steps
+        if self.step >= cfg.train.steps:
+            export_weights(self.engine, self.run_dir / "final.safetensors", env.rank)
+        return result
+
+    def _loop(self, loader, timer: StepTimer, result: TrainResult, preemption: PreemptionFlag) -> None:
+        """Steps until `train.steps`, a preemption request, or too many bad steps."""
+        cfg = self.cfg
+        recent: list[float] = []
+        for item in loader:
             timer.data_ready()
             loss = self.train_step(item)
             timer.step_done(cfg.train.global_batch)
@@ -238,10 +251,6 @@ class Trainer:
                 timer.restart()
             if done:
                 break
-        result.step, result.bad_steps = self.step, self.bad_steps
-        if self.step >= cfg.train.steps:
-            export_weights(self.engine, self.run_dir / "final.safetensors", env.rank)
-        return result
 
     def log_weight_image(self) -> None:
         """The first blocks' token-mixing units on the patch grid (paper, Figure 5); collective under ZeRO-3."""
@@ -296,8 +305,10 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool) -> TrainResult:
     trainer = Trainer(cfg, run_dir, env)
     if resume:
         trainer.resume()
-    try:
-        with PreemptionFlag() as preemption:
-            return trainer.run(preemption)
-    finally:
-        trainer.monitor.close()
+    with PreemptionFlag() as preemption:
+        try:
+            result = trainer.run(preemption)
+        finally:
+            trainer.monitor.close()
+    shutdown_distributed()
+    return result
