@@ -2,7 +2,7 @@
 
 from pretrain.models.flops import mixer_flops_per_image
 from pretrain.models.mixer import MlpMixer
-from pretrain.models.registry import create_model, list_models
+from pretrain.models.registry import create_model, list_models, mixer_for_weights
 from pretrain.models.weights import WeightsError, load_weights, read_weights, save_weights
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "load_weights",
     "read_weights",
     "mixer_flops_per_image",
+    "mixer_for_weights",
     "save_weights",
 ]

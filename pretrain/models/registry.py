@@ -1,6 +1,10 @@
 """Named MLP-Mixer variants (paper Table 1, plus a tiny demo model) and the factory that builds them."""
 
+import math
+from collections.abc import Mapping
 from typing import Any
+
+import torch
 
 from pretrain.models.mixer import MlpMixer
 
@@ -48,3 +52,18 @@ def create_model(name: str, **overrides: Any) -> MlpMixer:
             f"cannot override {', '.join(fixed)} of {name}; overridable: {', '.join(sorted(_OVERRIDABLE))}"
         )
     return MlpMixer(**{**_VARIANTS[name], **overrides})
+
+
+def mixer_for_weights(state: Mapping[str, torch.Tensor], img_size: int | tuple[int, int] | None = None) -> MlpMixer:
+    """An MlpMixer whose shapes fit the state dict `state` (a square image unless `img_size` is given)."""
+    embed_dim, in_chans, patch_size, _ = state["stem.proj.weight"].shape
+    tokens_dim, num_tokens = state["blocks.0.mlp_tokens.fc1.weight"].shape
+    num_blocks = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
+    if img_size is None:
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens:
+            raise ValueError(f"{num_tokens} tokens do not form a square grid; give the image size")
+        img_size = side * patch_size
+    return MlpMixer(num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0, img_size=img_size,
+                    in_chans=in_chans, patch_size=patch_size, num_blocks=num_blocks, embed_dim=embed_dim,
+                    tokens_dim=tokens_dim, channels_dim=state["blocks.0.mlp_channels.fc1.weight"].shape[0])
