@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from pretrain.atomic import atomic_path
 
 REAL_FILE_NAME = "ILSVRC2012_val_{:08d}.JPEG"
 REAL_KEY_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})")
@@ -209,16 +210,8 @@ def load_real_labels(path: str | Path, keys: Iterable[str] | None = None) -> dic
 
 def write_metrics(path: str | Path, metrics: Mapping) -> None:
     """Write ``metrics`` as indented JSON atomically (temporary file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(metrics, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -12,13 +12,14 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from pretrain.atomic import atomic_write_text
 
 META = "meta.json"
 POINTER = "latest"
@@ -28,14 +29,6 @@ FINAL = "final.safetensors"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed here (another model, another world size, a broken pointer)."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:

@@ -13,7 +13,6 @@ first.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image
+
+from pretrain.atomic import atomic_path
 
 TILE_GAP = 1
 PANEL_GAP = 4
@@ -109,8 +110,5 @@ def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> None:
     pixels = pixels.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
     array = np.ascontiguousarray(rearrange(pixels, "c h w -> h w c").numpy())
     picture = Image.fromarray(array[:, :, 0].copy() if array.shape[2] == 1 else array)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    picture.save(temporary, format="PNG")
-    os.replace(temporary, path)
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pretrain.atomic import atomic_write_text
 from pretrain.config.errors import ConfigError
 
 T = TypeVar("T")
@@ -79,12 +79,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the fully resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as out:
-        yaml.safe_dump(to_dict(cfg), out, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def all_keys(schema: type, prefix: str = "") -> list[str]:

@@ -26,6 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pretrain.atomic import atomic_path
+
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 _STEM_KEY = "stem.proj.weight"
 _HEAD_PREFIX = "head."
@@ -57,12 +59,8 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.P
         raise WeightsError(f"save_weights writes .safetensors files, got {path}")
     state = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
