@@ -8,14 +8,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from finetune.config import FinetuneConfig
 from finetune.errors import FinetuneError
 from finetune.fewshot import extract_features, fewshot_accuracy
 from finetune.metrics import EvalAccumulator, load_real_labels
 from pretrain.data import Manifest, build_eval_loader, eval_transform, normalize_on_device
-from pretrain.distributed import DistEnv
+from pretrain.distributed import DistEnv, gather
 
 
 def check_classes(manifest: Manifest, num_classes: int, what: str) -> None:
@@ -68,8 +67,4 @@ def fewshot(model: torch.nn.Module, cfg: FinetuneConfig, train: Manifest, val: M
 
 def _gather_rows(rows: np.ndarray) -> np.ndarray:
     """Concatenate a per-rank array of rows over all ranks (rank order; sizes may differ)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return rows
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, rows)
-    return np.concatenate(parts)
+    return np.concatenate(gather(rows))

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from pretrain.atomic import atomic_write_text
+from pretrain.distributed import barrier
 
 META = "meta.json"
 POINTER = "latest"
@@ -45,20 +45,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def gather(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order (a one-element list without torch.distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 class Checkpointer:

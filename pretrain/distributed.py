@@ -17,8 +17,10 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from pretrain.hostlist import expand_nodelist, parse_tasks_per_node
 
@@ -220,16 +222,29 @@ def share_cpu_threads(env: DistEnv) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
 
 
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order (a one-element list without torch.distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for without torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown_distributed() -> None:
     """Leave the process group in order (all ranks, then destroy), so no communication thread outlives Python.
 
     Exiting with the group still up let a gloo/shared-memory thread be torn down while joinable ("terminate called
     without an active exception", SIGABRT) after a run had finished its work.
     """
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()
 
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.checkpoint import Checkpointer, gather, rng_state, set_rng_state
+from pretrain.checkpoint import Checkpointer, rng_state, set_rng_state
 from pretrain.config import ConfigError, PretrainConfig, check_against_world, save_config
 from pretrain.data import (
     MixupPerStep,
@@ -29,7 +29,7 @@ from pretrain.data import (
     normalize_on_device,
     train_transform,
 )
-from pretrain.distributed import DistEnv, detect_env, init_distributed, shutdown_distributed
+from pretrain.distributed import DistEnv, detect_env, gather, init_distributed, shutdown_distributed
 from pretrain.ds_config import deepspeed_config
 from pretrain.export import export_weights
 from pretrain.memory import memory_stats
