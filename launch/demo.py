@@ -12,41 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python launch/demo.py` puts launch/ on sys.path
 
-
-def sh(cmd: list[str]) -> None:
-    print("+ " + " ".join(cmd), flush=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-
-
-def build_digits(data: Path) -> None:
-    for split in ("train", "val"):
-        if not (data / split / "manifest.json").is_file():
-            sh([sys.executable, "-m", "data_prep", "build", "--layout", "digits", "--source", "digits", "--split",
-                split, "--out", str(data / split), "--shard-max-samples", "300", "--overwrite"])
-
-
-def distributed(script: str, nproc: int, *args: str) -> list[str]:
-    """The users' launch command: the deepspeed launcher with `nproc` CPU ranks (gloo), or plain python for one."""
-    if nproc == 1:
-        return [sys.executable, script, *args]
-    return [str(BIN / "deepspeed"), "--num_accelerators", str(nproc), "--master_port", "29531", script, *args]
+from launch.local import DIGITS, ROOT, build_digits, distributed, sh
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=2, help="CPU ranks (default 2)")
     args = parser.parse_args(argv)
-    data = ROOT / "data" / "digits"
-    build_digits(data)
+    build_digits(DIGITS)
     sh(distributed("launch/pretrain.py", args.ranks, "--config", "configs/demo.yaml", "--run-dir", "runs/demo",
                    "--resume", "auto"))
     sh(distributed("launch/finetune.py", args.ranks, "--config", "configs/finetune/demo.yaml", "--run-dir",
