@@ -13,7 +13,7 @@ from finetune.config import FinetuneConfig
 from finetune.errors import FinetuneError
 from finetune.fewshot import extract_features, fewshot_accuracy
 from finetune.metrics import EvalAccumulator, load_real_labels
-from pretrain.data import Manifest, build_eval_loader, eval_transform, normalize_on_device
+from pretrain.data import Manifest, build_eval_loader, device_preprocess, eval_transform
 from pretrain.distributed import DistEnv, gather
 
 
@@ -36,10 +36,11 @@ def evaluate(forward: Callable[[torch.Tensor], torch.Tensor], cfg: FinetuneConfi
     check_classes(manifest, cfg.model.num_classes, cfg.data.val)
     real = load_real_labels(cfg.eval.real_labels) if cfg.eval.real_labels else None
     acc = EvalAccumulator(cfg.model.num_classes, real_labels=real)
+    preprocess = device_preprocess(cfg, dtype)
     start = time.perf_counter()
     with torch.no_grad():
         for batch in eval_loader(cfg, manifest, env):
-            x = normalize_on_device(batch["image"].to(env.device), cfg.augment.mean, cfg.augment.std, dtype)
+            x = preprocess(batch["image"].to(env.device))
             acc.update(forward(x).float(), batch["label"].to(env.device), keys=batch["key"])
     acc.all_reduce()
     result = acc.result()
@@ -52,10 +53,8 @@ def fewshot(model: torch.nn.Module, cfg: FinetuneConfig, train: Manifest, val: M
     """The paper's few-shot linear evaluation on frozen pre-logit features (features gathered to every rank)."""
 
     def features(manifest: Manifest):
-        a = cfg.augment
-        feats, labels = extract_features(
-            model, eval_loader(cfg, manifest, env), env.device, dtype,
-            preprocess=lambda images: normalize_on_device(images, a.mean, a.std, dtype))
+        feats, labels = extract_features(model, eval_loader(cfg, manifest, env), env.device, dtype,
+                                         preprocess=device_preprocess(cfg, dtype))
         return _gather_rows(feats), _gather_rows(labels)
 
     train_feats, train_labels = features(train)

@@ -24,9 +24,9 @@ from pretrain.config import ConfigError, PretrainConfig, check_against_world, sa
 from pretrain.data import (
     MixupPerStep,
     build_train_loader,
+    device_preprocess,
     load_manifest,
     merge_states,
-    normalize_on_device,
     train_transform,
 )
 from pretrain.distributed import DistEnv, detect_env, gather, init_distributed, shutdown_distributed
@@ -100,6 +100,7 @@ class Trainer:
             model=self.model, optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(cfg, env.world_size), dist_init_required=False)
         self.dtype = DTYPES[cfg.train.precision]
+        self.preprocess = device_preprocess(cfg, self.dtype)
         self.checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank)
         self.monitor = Monitor(run_dir, env.rank, total_steps=cfg.train.steps, every_steps=cfg.logging.every_steps)
         self.mixup = self._build_mixup()
@@ -168,10 +169,10 @@ class Trainer:
         return F.cross_entropy(logits, target, label_smoothing=self.cfg.augment.label_smoothing)
 
     def micro_batch(self, images: torch.Tensor, labels: torch.Tensor, virtual_rank: int):
-        """Device tensors of one micro-batch: normalised images in the engine's dtype, hard or soft targets."""
-        a = self.cfg.augment
+        """Device tensors of one micro-batch: normalised (and, if configured, permuted) images in the engine's dtype,
+        hard or soft targets."""
         device = self.env.device
-        x = normalize_on_device(images.to(device, non_blocking=True), a.mean, a.std, self.dtype)
+        x = self.preprocess(images.to(device, non_blocking=True))
         y = labels.to(device, non_blocking=True)
         if self.mixup is not None:
             x, y = self.mixup(x, y, self.step, virtual_rank)

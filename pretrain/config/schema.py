@@ -60,7 +60,12 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation: inception crop + flip, optional RandAugment, mixup/cutmix, label smoothing."""
+    """Training augmentation: inception crop + flip, optional RandAugment, mixup/cutmix, label smoothing.
+
+    `permute` ('' off, 'patches' or 'pixels') applies one fixed pixel permutation, drawn with `permute_seed`, to
+    every image the model sees, in training, evaluation and few-shot (paper, section 3.4; see
+    `pretrain.data.permutation`). `permute_patch_size` is the patch of 'patches' mode (0: the model's own).
+    """
 
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
@@ -72,6 +77,9 @@ class AugmentConfig:
     label_smoothing: float = 0.0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    permute: str = ""
+    permute_seed: int = 0
+    permute_patch_size: int = 0
 
     def validate(self, prefix: str) -> None:
         require(0.0 < self.scale[0] <= self.scale[1] <= 1.0, f"{prefix}.scale", list(self.scale),
@@ -89,6 +97,11 @@ class AugmentConfig:
         require(self.randaugment == "" or self.randaugment.startswith("rand-"), f"{prefix}.randaugment",
                  self.randaugment, "'' or a timm RandAugment string such as 'rand-m10-n2-mstd0.5'")
         require(all(s > 0 for s in self.std), f"{prefix}.std", list(self.std), "three positive numbers")
+        require(self.permute in ("", "patches", "pixels"), f"{prefix}.permute", self.permute,
+                "'' (off), 'patches' or 'pixels'")
+        require(self.permute_seed >= 0, f"{prefix}.permute_seed", self.permute_seed, "an integer >= 0")
+        require(self.permute_patch_size >= 0, f"{prefix}.permute_patch_size", self.permute_patch_size,
+                "an integer >= 0 (0: the model's patch size)")
 
 
 @dataclass
@@ -202,6 +215,25 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
+
+    def permute_patch_size(self) -> int:
+        """The patch of `augment.permute: patches`: `augment.permute_patch_size`, or the model's own when that is 0
+        (0 when the model has no patches)."""
+        if self.augment.permute_patch_size:
+            return self.augment.permute_patch_size
+        from pretrain.models.registry import model_patch_size  # here, so loading a config does not import torch
+
+        return model_patch_size(self.model.name) or 0
+
+    def validate(self, prefix: str) -> None:
+        """Checks across sections: the patches of the input permutation must tile the image."""
+        if self.augment.permute != "patches":
+            return
+        key, value, size = "augment.permute_patch_size", self.augment.permute_patch_size, self.permute_patch_size()
+        require(size > 0, key, value, f"a positive patch size: model {self.model.name!r} has no patch size of its own")
+        own = "" if value else f" (0 means the model's patch size, {size})"
+        img = self.model.img_size
+        require(img % size == 0, key, value, f"a divisor of model.img_size ({img}){own}")
 
 
 def check_against_world(cfg: PretrainConfig, world_size: int) -> int:

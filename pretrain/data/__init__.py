@@ -1,13 +1,15 @@
 """The training and evaluation input pipeline over WebDataset shards (see train_loader.py for the design).
 
 Trainer side, per step: item = next(loader); split item["image"] (uint8) into `accum` micro-batches, move
-each to the device, normalize_on_device(x, transform.mean, transform.std, dtype), optionally MixupPerStep,
-and keep item["state"]; to resume, pass merge_states([every rank's state]) as `state`.
+each to the device, device_preprocess(cfg, dtype)(x) (normalisation and the optional fixed permutation),
+optionally MixupPerStep, and keep item["state"]; to resume, pass merge_states([every rank's state]) as `state`.
 """
 
 from .eval_loader import EvalLoader, build_eval_loader
 from .manifest import DataError, Manifest, Shard, load_manifest
 from .mixup import MixupPerStep
+from .permutation import FixedPermutation
+from .preprocess import DevicePreprocess, device_preprocess
 from .state import merge_states
 from .streams import StreamLayout, describe_assignment, make_layout
 from .train_loader import TrainLoader, build_train_loader
@@ -15,8 +17,10 @@ from .transforms import EvalTransform, TrainTransform, eval_transform, normalize
 
 __all__ = [
     "DataError",
+    "DevicePreprocess",
     "EvalLoader",
     "EvalTransform",
+    "FixedPermutation",
     "Manifest",
     "MixupPerStep",
     "Shard",
@@ -26,6 +30,7 @@ __all__ = [
     "build_eval_loader",
     "build_train_loader",
     "describe_assignment",
+    "device_preprocess",
     "eval_transform",
     "load_manifest",
     "make_layout",

@@ -41,6 +41,11 @@ def list_models() -> list[str]:
     return sorted(_VARIANTS)
 
 
+def model_patch_size(name: str) -> int | None:
+    """The patch size of the named variant, or None when ``name`` is not one of ours."""
+    return _VARIANTS.get(name, {}).get("patch_size")
+
+
 def create_model(name: str, **overrides: Any) -> MlpMixer:
     """Build the named Mixer variant; ``overrides`` may set num_classes, img_size, in_chans, patch_size,
     drop_rate, drop_path_rate, init and gelu."""
