@@ -21,6 +21,7 @@ from torch import nn
 
 from pretrain.checkpoint import Checkpointer, rng_state, set_rng_state
 from pretrain.config import ConfigError, PretrainConfig, check_against_world, save_config
+from pretrain.convit_stats import convit_scalars, gpsa_layers
 from pretrain.data import (
     MixupPerStep,
     build_train_loader,
@@ -43,6 +44,9 @@ from pretrain.throughput import StepTimer
 from pretrain.weight_images import token_mixing_image
 
 log = logging.getLogger(__name__)
+
+# Images of the current batch on which a ConViT's gating and nonlocality are measured at each logging step.
+PROBE_IMAGES = 8
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -75,8 +79,9 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
 
 def layout_meta(cfg: PretrainConfig, env: DistEnv) -> dict[str, Any]:
     """What must match between a checkpoint and the run resuming it."""
-    m = cfg.model
-    return {"model": m.name, "img_size": m.img_size, "num_classes": m.num_classes,
+    m, a = cfg.model, cfg.augment
+    permute = [a.permute, a.permute_seed, cfg.permute_patch_size()] if a.permute else None
+    return {"model": m.name, "img_size": m.img_size, "num_classes": m.num_classes, "permute": permute,
             "world_size": env.world_size if cfg.train.zero_stage > 0 else None,
             "global_batch": cfg.train.global_batch, "micro_batch": cfg.train.micro_batch}
 
@@ -101,6 +106,8 @@ class Trainer:
             config=deepspeed_config(cfg, env.world_size), dist_init_required=False)
         self.dtype = DTYPES[cfg.train.precision]
         self.preprocess = device_preprocess(cfg, self.dtype)
+        self.has_gpsa = bool(gpsa_layers(self.model))
+        self.probe_images: torch.Tensor | None = None
         self.checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank)
         self.monitor = Monitor(run_dir, env.rank, total_steps=cfg.train.steps, every_steps=cfg.logging.every_steps)
         self.mixup = self._build_mixup()
@@ -174,6 +181,8 @@ class Trainer:
         device = self.env.device
         x = self.preprocess(images.to(device, non_blocking=True))
         y = labels.to(device, non_blocking=True)
+        if self.has_gpsa:
+            self.probe_images = x[:PROBE_IMAGES]  # ConViT statistics at the next logging step, before mixup
         if self.mixup is not None:
             x, y = self.mixup(x, y, self.step, virtual_rank)
         return x, y
@@ -278,6 +287,8 @@ class Trainer:
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             scalars["train/grad_norm"] = float(grad_norm)
+        if self.probe_images is not None:  # a forward on every rank at once: collective under ZeRO-3
+            scalars.update(convit_scalars(self.engine.module, self.probe_images))
         scalars.update(memory_stats(self.env.device))
         self.monitor.log_scalars(self.step, scalars)
         self.monitor.progress(self.step, loss, lr, window)

@@ -167,3 +167,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, shards):
     assert other.stderr.strip().splitlines()[-1] == (
         f"error: checkpoint {tmp_path / 'run' / 'checkpoints' / 'step-00000001'} was written with "
         "model='mixer_demo', this run has model='mixer_s32'; resume with the same setting or start a new run dir")
+    shuffled = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto",
+                   "--set", "augment.permute=patches")
+    assert shuffled.returncode == 2, failure(shuffled)
+    assert "was written with permute=None, this run has permute=['patches', 0, 4]" in shuffled.stderr
