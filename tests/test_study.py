@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from launch.cli import run_main
-from launch.local import BIN
+from launch.local import BIN, ROOT
 from launch.study import arm_commands, load_study, main, write_results
 from pretrain.config import ConfigError
 
@@ -94,3 +94,17 @@ def test_dry_run_prints_the_commands_and_only_selects_arms(tmp_path, capsys):
     assert len(lines) == 2 and all("runs/studies/toy/b" in line for line in lines)
     assert run_main(main, ["--study", str(path), "--only", "c", "--dry-run"]) == 2
     assert "error: --only: no arm named c" in capsys.readouterr().err
+
+
+STUDY_FILES = sorted((Path(__file__).parent.parent / "configs" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in STUDY_FILES if not p.stem.startswith("digits_")], ids=lambda p: p.stem)
+def test_every_study_arm_loads_for_pretraining_and_evaluation(path):
+    from finetune.config import FinetuneConfig
+    from pretrain.config import PretrainConfig, load_config
+
+    study = load_study(path)
+    for arm in study.arms:
+        load_config(ROOT / arm.config, PretrainConfig, [*study.set, *arm.set])
+        load_config(ROOT / arm.config, FinetuneConfig, [*study.set, *arm.set, *study.eval.set])
