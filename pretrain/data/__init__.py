@@ -10,6 +10,7 @@ from .manifest import DataError, Manifest, Shard, load_manifest
 from .mixup import MixupPerStep
 from .state import merge_states
 from .streams import StreamLayout, describe_assignment, make_layout
+from .subset import subset_manifest
 from .train_loader import TrainLoader, build_train_loader
 from .transforms import EvalTransform, TrainTransform, eval_transform, normalize_on_device, train_transform
 
@@ -31,5 +32,6 @@ __all__ = [
     "make_layout",
     "merge_states",
     "normalize_on_device",
+    "subset_manifest",
     "train_transform",
 ]

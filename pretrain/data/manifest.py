@@ -38,7 +38,7 @@ class Manifest:
     classes: tuple[str, ...]
     shards: tuple[Shard, ...]
     selections: tuple[tuple[int, ...], ...] | None = None
-    subset: str = ""
+    subset: str = "all"
 
     @property
     def shard_sizes(self) -> list[int]:

@@ -4,7 +4,8 @@ A piece (shard, start, count) means samples [start, start + count) of the shard;
 (a manifest with selections), its kept samples [start, start + count), i.e. the in-shard indices
 selection[start:start + count]. Every other sample is skipped without extracting its bytes; the wanted ones
 are grouped and returned. A shard that ends early (truncated tar, unreadable stream) is reported to a
-callback and reading goes on with the next piece: never an exception, never a hang.
+callback and reading goes on with the next piece: never an exception, never a hang. The report names the
+in-shard index of the first wanted sample it could not deliver ("unreadable after 5 of its samples").
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError)
 
 
 class _KeepIndices:
-    """A select_files predicate for webdataset's tar iterator that keeps only the files of the samples whose
-    in-shard index is in `wanted`, counting samples the way group_by_keys does (a new one starts when the key
-    changes)."""
+    """A select_files predicate for webdataset's tar iterator that drops the files of the samples before `last`
+    whose in-shard index is not in `wanted`, counting samples the way group_by_keys does (a new one starts when
+    the key changes). Files after `last` pass: group_by_keys yields the last wanted sample when the next
+    sample's first file arrives, and reading stops there."""
 
-    def __init__(self, wanted: range | frozenset[int]):
+    def __init__(self, wanted: range | frozenset[int], last: int):
         self.wanted = wanted
+        self.last = last
         self.index = -1
         self.current: str | None = None
 
@@ -44,7 +47,7 @@ class _KeepIndices:
         if key != self.current:
             self.current = key
             self.index += 1
-        return self.index in self.wanted
+        return self.index > self.last or self.index in self.wanted
 
 
 def read_piece(
@@ -59,10 +62,7 @@ def read_piece(
     indices = range(start, start + count) if selection is None else selection[start : start + count]
     if not indices:
         return
-    # Samples 0 .. count-1 need no filter: reading stops after the last of them.
-    select = None if indices == range(count) else _KeepIndices(
-        indices if isinstance(indices, range) else frozenset(indices)
-    )
+    select = _KeepIndices(indices if isinstance(indices, range) else frozenset(indices), indices[-1])
     stream = None
     got = 0
     try:
@@ -71,7 +71,7 @@ def read_piece(
         for sample in group_by_keys(files):
             yield sample
             got += 1
-            if got == count:
+            if got == len(indices):
                 return
         reason = f"ended after {indices[got]} of its samples (expected at least {indices[-1] + 1})"
     except READ_ERRORS as exc:

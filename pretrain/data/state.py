@@ -55,7 +55,7 @@ def check_state(state: Mapping, layout: StreamLayout) -> None:
     if not isinstance(state, Mapping) or state.get("version") != VERSION or "layout" not in state:
         raise DataError(f"not a data state of version {VERSION}")
     for key, value in layout_fields(layout).items():
-        saved = state["layout"].get(key, "" if key == "subset" else None)  # states from before subsets: ""
+        saved = state["layout"].get(key, "all" if key == "subset" else None)  # states from before subsets
         if saved != value:
             raise DataError(
                 f"cannot resume the data order: it was saved with {key}={saved}{_HINTS.get(key, '')}, "

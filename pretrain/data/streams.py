@@ -48,7 +48,7 @@ class StreamLayout:
     workers: int
     micro_batch: int
     seed: int
-    subset: str = ""  # Manifest.subset: which samples of the shards are read ("" for all)
+    subset: str = "all"  # Manifest.subset: which samples of the shards are read
 
     @property
     def num_streams(self) -> int:
@@ -84,7 +84,7 @@ def make_layout(
     world_size: int,
     workers: int,
     seed: int,
-    subset: str = "",
+    subset: str = "all",
 ) -> StreamLayout:
     """Validate the batch arguments and build the layout (workers=0 counts as one worker)."""
     for name, value in (("micro_batch", micro_batch), ("accum", accum), ("world_size", world_size)):
