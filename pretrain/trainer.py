@@ -28,6 +28,7 @@ from pretrain.data import (
     device_preprocess,
     load_manifest,
     merge_states,
+    subset_manifest,
     train_transform,
 )
 from pretrain.distributed import DistEnv, detect_env, gather, init_distributed, shutdown_distributed
@@ -39,6 +40,7 @@ from pretrain.models import create_model, mixer_flops_per_image
 from pretrain.monitor import Monitor
 from pretrain.optim import build_optimizer
 from pretrain.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested
+from pretrain.run_length import resolve_run_length
 from pretrain.schedule import build_scheduler
 from pretrain.throughput import StepTimer
 from pretrain.weight_images import token_mixing_image
@@ -94,6 +96,10 @@ class Trainer:
         self.accum = check_against_world(cfg, env.world_size)
         self.micro = cfg.train.micro_batch
         self.manifest = load_manifest(cfg.data.train)
+        full_samples = self.manifest.num_samples
+        self.manifest = subset_manifest(self.manifest, cfg.data.subset_fraction, cfg.data.subset_seed,
+                                        run_dir / "data", env.rank)
+        resolve_run_length(cfg, full_samples, self.manifest.num_samples)  # before the schedule and monitor
         self.check_data()
         if cfg.train.precision == "fp16" and env.device.type == "cpu":
             raise ConfigError("`train.precision`: 'fp16' is not supported by DeepSpeed on a CPU; use bf16 or fp32")

@@ -8,6 +8,8 @@ checkpoint; user mistakes are one line with exit status 2.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pretrain.checkpoint import Checkpointer, resolve_weights
 from pretrain.models import create_model, load_weights
@@ -171,3 +174,25 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, shards):
                    "--set", "augment.permute=patches")
     assert shuffled.returncode == 2, failure(shuffled)
     assert "was written with permute=None, this run has permute=['patches', 0, 4]" in shuffled.stderr
+
+
+def test_subset_run_in_epochs_saves_resolved_steps_and_refuses_another_subset_on_resume(tmp_path, shards):
+    full = json.loads((shards / "manifest.json").read_text())["num_samples"]
+    cfg = config(tmp_path, shards, **{"data.subset_fraction": 0.1, "train.epochs": 0.1, "train.steps": 999,
+                                      "schedule.warmup_epochs": 0.05, "train.precision": "fp32",
+                                      "train.zero_stage": 0})
+    proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, failure(proc)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    steps = math.ceil(0.1 * full / 64)
+    assert (saved["train"]["steps"], saved["train"]["epochs"]) == (steps, 0.1)
+    assert saved["schedule"]["warmup_steps"] == math.floor(0.05 * full / 64 + 0.5)
+    assert len(losses(tmp_path / "run")) == steps
+    cache = json.loads((tmp_path / "run" / "data" / "subset-0.1-seed0.json").read_text())
+    assert sum(cache["kept_per_class"]) == sum(map(len, cache["selections"])) < full // 8
+    other = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto",
+                "--set", "data.subset_fraction=0.2", "train.epochs=0.2")
+    assert other.returncode == 2, failure(other)
+    message = other.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"error: cannot resume the data order: it was saved with subset={cache['name']} "
+                              "(data.subset_fraction / data.subset_seed), this run has subset=0.2/seed0/"), message

@@ -6,6 +6,7 @@ checked against the running job (world size, the data's class count) are checked
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,12 +51,17 @@ class DataConfig:
     workers: int = 2
     shuffle_buffer: int = 2000
     prefetch: int = 2
+    subset_fraction: float = 1.0  # train on this fraction of each class of `train` (pretrain/data/subset.py)
+    subset_seed: int = 0
 
     def validate(self, prefix: str) -> None:
         require(bool(self.train), f"{prefix}.train", self.train, "the path of a shard folder made by data_prep")
         require(self.workers >= 0, f"{prefix}.workers", self.workers, "an integer >= 0")
         require(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
         require(self.prefetch >= 1, f"{prefix}.prefetch", self.prefetch, "an integer >= 1")
+        require(0.0 < self.subset_fraction <= 1.0, f"{prefix}.subset_fraction", self.subset_fraction,
+                "a fraction in (0, 1] (1 trains on every sample)")
+        require(self.subset_seed >= 0, f"{prefix}.subset_seed", self.subset_seed, "an integer >= 0")
 
 
 @dataclass
@@ -133,12 +139,15 @@ class ScheduleConfig:
 
     name: str = "linear"
     warmup_steps: int = 10000
+    warmup_epochs: float = 0.0  # > 0: sets warmup_steps from the full training set (pretrain/run_length.py)
     end_lr_ratio: float = 0.0
 
     def validate(self, prefix: str) -> None:
         require(self.name in ("linear", "cosine", "constant"), f"{prefix}.name", self.name,
                  "'linear', 'cosine' or 'constant'")
         require(self.warmup_steps >= 0, f"{prefix}.warmup_steps", self.warmup_steps, "an integer >= 0")
+        require(0 <= self.warmup_epochs < math.inf, f"{prefix}.warmup_epochs", self.warmup_epochs,
+                "a number >= 0 (0: schedule.warmup_steps sets the warmup)")
         require(0.0 <= self.end_lr_ratio <= 1.0, f"{prefix}.end_lr_ratio", self.end_lr_ratio,
                  "a number in [0, 1]")
 
@@ -148,6 +157,7 @@ class TrainConfig:
     """Length, batch, precision and ZeRO stage. global_batch = micro_batch x accumulation x world size."""
 
     steps: int = 1000
+    epochs: float = 0.0  # > 0: sets steps from the full training set (pretrain/run_length.py)
     global_batch: int = 4096
     micro_batch: int = 64
     precision: str = "bf16"
@@ -158,6 +168,8 @@ class TrainConfig:
 
     def validate(self, prefix: str) -> None:
         require(self.steps > 0, f"{prefix}.steps", self.steps, "a positive integer")
+        require(0 <= self.epochs < math.inf, f"{prefix}.epochs", self.epochs,
+                "a number >= 0 (0: train.steps sets the length)")
         require(self.micro_batch > 0, f"{prefix}.micro_batch", self.micro_batch, "a positive integer")
         require(self.global_batch > 0 and self.global_batch % self.micro_batch == 0, f"{prefix}.global_batch",
                  self.global_batch, f"a positive multiple of train.micro_batch ({self.micro_batch})")

@@ -12,6 +12,7 @@ from .permutation import FixedPermutation
 from .preprocess import DevicePreprocess, device_preprocess
 from .state import merge_states
 from .streams import StreamLayout, describe_assignment, make_layout
+from .subset import subset_manifest
 from .train_loader import TrainLoader, build_train_loader
 from .transforms import EvalTransform, TrainTransform, eval_transform, normalize_on_device, train_transform
 
@@ -36,5 +37,6 @@ __all__ = [
     "make_layout",
     "merge_states",
     "normalize_on_device",
+    "subset_manifest",
     "train_transform",
 ]

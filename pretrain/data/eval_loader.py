@@ -31,6 +31,7 @@ class _RankParts(IterableDataset):
     ):
         self.urls = [s.url for s in manifest.shards]
         self.shard_sizes = manifest.shard_sizes
+        self.selections = manifest.selections
         self.num_classes = manifest.num_classes
         self.rank, self.world_size, self.workers = rank, world_size, workers
         self.batch_size = batch_size
@@ -47,7 +48,7 @@ class _RankParts(IterableDataset):
             log.warning("eval shard %s %s", url, reason)
 
         images, labels, keys = [], [], []
-        for raw in read_pieces(self.urls, pieces, on_truncated):
+        for raw in read_pieces(self.urls, pieces, on_truncated, self.selections):
             try:
                 image, label = decode_sample(raw, self.transform, self.num_classes)
             except CorruptSample as exc:

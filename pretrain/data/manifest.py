@@ -25,17 +25,26 @@ class Shard:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A sharded dataset: its shards in manifest order and its classes."""
+    """A sharded dataset: its shards in manifest order and its classes.
+
+    A subset (pretrain/data/subset.py) keeps the shards and adds `selections`: per shard, the sorted in-shard
+    indices of the samples it keeps; `num_samples` and `shard_sizes` then count kept samples only, and `subset`
+    names the selection (it is part of the data state, so a resume on another subset is refused).
+    """
 
     path: str
     num_samples: int
     num_classes: int
     classes: tuple[str, ...]
     shards: tuple[Shard, ...]
+    selections: tuple[tuple[int, ...], ...] | None = None
+    subset: str = "all"
 
     @property
     def shard_sizes(self) -> list[int]:
-        """Sample count of each shard, in manifest order."""
+        """Samples read from each shard (all of them, or the kept ones of a subset), in manifest order."""
+        if self.selections is not None:
+            return [len(sel) for sel in self.selections]
         return [s.num_samples for s in self.shards]
 
 

@@ -71,7 +71,8 @@ def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Itera
 
 
 class SampleStream:
-    """Stream `stream_id` of `layout`, decoding with `transform`, starting at `state`."""
+    """Stream `stream_id` of `layout`, decoding with `transform`, starting at `state`; `selections` are a
+    subset's kept in-shard indices (then `shard_sizes` count kept samples)."""
 
     def __init__(
         self,
@@ -84,11 +85,13 @@ class SampleStream:
         transform: Any,
         buffer_size: int,
         state: StreamState,
+        selections: Sequence[Sequence[int]] | None = None,
     ):
         self.id = stream_id
         self.layout = layout
         self.urls = urls
         self.shard_sizes = shard_sizes
+        self.selections = selections
         self.num_classes = num_classes
         self.transform = transform
         self.buffer_size = buffer_size
@@ -142,7 +145,7 @@ class SampleStream:
         self._counted_truncations = st.truncation_events
         st.truncation_events = 0
         self._draws = shuffle_buffer(
-            read_pieces(self.urls, pieces, self._on_truncated), self.buffer_size, rng
+            read_pieces(self.urls, pieces, self._on_truncated, self.selections), self.buffer_size, rng
         )
         for _ in range(st.pos):  # replay a resumed epoch without decoding
             next(self._draws, None)

@@ -1,7 +1,7 @@
 """The resumable data state: what a rank saves, how ranks' states merge, what a resume may accept.
 
 A state is a JSON-friendly dict:
-    {"version": 1, "layout": {seed, num_samples, virtual_ranks, workers, num_streams, micro_batch},
+    {"version": 1, "layout": {subset, seed, num_samples, virtual_ranks, workers, num_streams, micro_batch},
      "step": next step to run, "streams": {"<stream id>": StreamState as dict, ...}}
 A rank's state holds its own streams; `merge_states` unions the states of all ranks. A loader takes a
 merged state and picks its own streams, so a resume may change world size and accumulation as long as
@@ -22,6 +22,7 @@ VERSION = 1
 def layout_fields(layout: StreamLayout) -> dict[str, int]:
     """What a state records of the layout; a resume must match all of it."""
     return {
+        "subset": layout.subset,
         "seed": layout.seed,
         "num_samples": layout.num_samples,
         "virtual_ranks": layout.virtual_ranks,
@@ -42,6 +43,7 @@ def make_state(layout: StreamLayout, step: int, streams: Mapping[int, Mapping[st
 
 
 _HINTS = {
+    "subset": " (data.subset_fraction / data.subset_seed)",
     "virtual_ranks": " (V = global batch / micro_batch)",
     "workers": " (loader workers per rank)",
     "num_samples": " (the dataset changed)",
@@ -53,7 +55,7 @@ def check_state(state: Mapping, layout: StreamLayout) -> None:
     if not isinstance(state, Mapping) or state.get("version") != VERSION or "layout" not in state:
         raise DataError(f"not a data state of version {VERSION}")
     for key, value in layout_fields(layout).items():
-        saved = state["layout"].get(key)
+        saved = state["layout"].get(key, "all" if key == "subset" else None)  # states from before subsets
         if saved != value:
             raise DataError(
                 f"cannot resume the data order: it was saved with {key}={saved}{_HINTS.get(key, '')}, "

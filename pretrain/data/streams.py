@@ -48,6 +48,7 @@ class StreamLayout:
     workers: int
     micro_batch: int
     seed: int
+    subset: str = "all"  # Manifest.subset: which samples of the shards are read
 
     @property
     def num_streams(self) -> int:
@@ -76,7 +77,14 @@ class StreamLayout:
 
 
 def make_layout(
-    num_samples: int, *, micro_batch: int, accum: int, world_size: int, workers: int, seed: int
+    num_samples: int,
+    *,
+    micro_batch: int,
+    accum: int,
+    world_size: int,
+    workers: int,
+    seed: int,
+    subset: str = "all",
 ) -> StreamLayout:
     """Validate the batch arguments and build the layout (workers=0 counts as one worker)."""
     for name, value in (("micro_batch", micro_batch), ("accum", accum), ("world_size", world_size)):
@@ -86,7 +94,7 @@ def make_layout(
         raise ValueError(f"workers must be >= 0, got {workers}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    layout = StreamLayout(num_samples, accum * world_size, max(workers, 1), micro_batch, seed)
+    layout = StreamLayout(num_samples, accum * world_size, max(workers, 1), micro_batch, seed, subset)
     if layout.range_size < micro_batch:
         raise ValueError(
             f"dataset too small: {num_samples} samples over {layout.num_streams} streams "

@@ -40,6 +40,7 @@ class _RankSteps(IterableDataset):
     ):
         self.urls = [s.url for s in manifest.shards]
         self.shard_sizes = manifest.shard_sizes
+        self.selections = manifest.selections
         self.num_classes = manifest.num_classes
         self.layout = layout
         self.virtual_ranks = virtual_ranks
@@ -86,6 +87,7 @@ class _RankSteps(IterableDataset):
             transform=self.transform,
             buffer_size=self.buffer_size,
             state=StreamState.from_dict(self.states[stream_id].to_dict()),
+            selections=self.selections,
         )
 
 
@@ -154,6 +156,7 @@ def build_train_loader(
         world_size=world_size,
         workers=workers,
         seed=seed,
+        subset=manifest.subset,
     )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
