@@ -88,7 +88,8 @@ def test_build_model_seeds_and_turns_on_grad_checkpointing(tmp_path):
     cfg = load_config(path, PretrainConfig)
     first, second = build_model(cfg), build_model(cfg)
     assert first.grad_checkpointing and first.patch_embed.patch_size == (4, 4)
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    ours, again = first.state_dict(), second.state_dict()
+    assert all(torch.equal(ours[k], again[k]) for k in ours)
 
 
 def test_mfu_flops_count_one_forward_and_leave_model_and_rng_alone():
@@ -100,6 +101,10 @@ def test_mfu_flops_count_one_forward_and_leave_model_and_rng_alone():
     assert flops == forward_flops_per_image(model, 64) > 0
     assert model.training and torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # batch-norm statistics too
+    convit = create_model("convit_tiny", **TINY)
+    before = dict(convit.named_buffers())
+    assert forward_flops_per_image(convit, 32) > 0
+    assert all(buf is before[k] for k, buf in convit.named_buffers())  # relative indices not rebuilt in fp32
     mixer = create_model("mixer_demo")
     assert model_flops_per_image(mixer, 32) == mixer_flops_per_image(mixer) == forward_flops_per_image(mixer, 32)
 
