@@ -128,3 +128,14 @@ def test_reading_weights_of_other_models(tmp_path):
         read_weights(tmp_path / "vit.npz", mixer=False)
     assert str(info.value) == (f"{tmp_path / 'vit.npz'}: .npz weights are read as official MLP-Mixer checkpoints "
                                "only; for this model give a .safetensors or .pth state dict")
+
+
+@pytest.mark.parametrize("stem, name", [("deit_s", "deit_small_patch16_224"), ("convit_s", "convit_small")])
+def test_deit_recipe_configs_hold_their_arithmetic(stem, name):
+    cfg = load_config(f"configs/{stem}.yaml", PretrainConfig)
+    per_epoch = 1_281_167 // cfg.train.global_batch  # full batches of ImageNet-1k
+    assert (cfg.model.name, cfg.train.steps, cfg.schedule.warmup_steps) == (name, 300 * per_epoch, 5 * per_epoch)
+    assert cfg.optim.lr == pytest.approx(5e-4 * cfg.train.global_batch / 512)
+    assert (cfg.optim.weight_decay, cfg.optim.grad_clip, cfg.model.drop_path_rate) == (0.05, 0.0, 0.1)
+    assert (cfg.augment.mixup, cfg.augment.cutmix, cfg.augment.label_smoothing, cfg.augment.random_erasing) == (
+        0.8, 1.0, 0.1, 0.25)
