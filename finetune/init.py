@@ -1,4 +1,5 @@
-"""Loading a fine-tuning init checkpoint into a Mixer: expand for resolution, drop the head, load.
+"""Loading a fine-tuning init checkpoint: into a Mixer (expand for resolution, drop the head, load) or, through
+``finetune.timm_init``, into any timm model (resample the position embedding, drop the head, load).
 
 ``load_init`` composes the surgery around a pretrained state dict: it finds the pretrained token grid
 from the token-mixing weight shapes, expands the token-mixing MLPs when the model is built at a larger
@@ -6,7 +7,8 @@ resolution (``finetune.resolution``), drops the head when its class count differ
 (the model's head is then zeroed, as in the official fine-tuning code), and loads strictly otherwise.
 
 ``read_state_dict`` finds the weights of a run or checkpoint dir (``pretrain.checkpoint.resolve_weights``)
-and reads every weights format through ``pretrain.models.read_weights`` (.safetensors, timm .pth, Flax .npz).
+and reads every weights format through ``pretrain.models.read_weights`` (.safetensors, timm .pth, Flax .npz for
+Mixers only).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from finetune.errors import FinetuneError
+from finetune.errors import InitError
 from finetune.head import zero_head
 from finetune.resolution import (
     STEM_WEIGHT,
@@ -30,12 +32,11 @@ from finetune.resolution import (
     scale_factors,
     state_dict_grid,
 )
+from finetune.timm_init import BackboneInitReport, load_timm_init
 from pretrain.checkpoint import CheckpointError, resolve_weights
-from pretrain.models import WeightsError, read_weights
+from pretrain.models import WeightsError, is_mixer, read_weights
 
-
-class InitError(FinetuneError):
-    """The init checkpoint cannot be read or does not fit the model."""
+__all__ = ["BackboneInitReport", "InitError", "InitReport", "load_init", "read_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,11 @@ class InitReport:
     head_dropped: bool
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict on the CPU from a run or checkpoint dir (its fp32 weights) or a weights file of any format."""
+def read_state_dict(path: str | Path, mixer: bool = True) -> dict[str, torch.Tensor]:
+    """A state dict on the CPU from a run or checkpoint dir (its fp32 weights) or a weights file of any format;
+    ``mixer=False`` accepts any model's state dict (not .npz)."""
     try:
-        return read_weights(resolve_weights(path) if Path(path).is_dir() else path)
+        return read_weights(resolve_weights(path) if Path(path).is_dir() else path, mixer=mixer)
     except (CheckpointError, WeightsError) as err:
         raise InitError(str(err)) from None
 
@@ -68,16 +70,22 @@ def load_init(
     img_size_pretrained: int | Grid | None = None,
     img_size: int | Grid | None = None,
     drop_head: bool = True,
-) -> InitReport:
-    """Load a pretrained Mixer (path or state dict) into ``model``, expanding token mixing for its resolution.
+) -> InitReport | BackboneInitReport:
+    """Load pretrained weights (path or state dict) into ``model``: a Mixer's token mixing is expanded for its
+    resolution; a timm model's position embedding is resampled (``finetune.timm_init``).
 
-    Image sizes left as None are taken as square and read from the token counts. With ``drop_head`` the
-    checkpoint's head is dropped when its class count differs from the model's and the model's head is
-    zeroed; without it a different class count is an error. Call before wrapping the model (DeepSpeed)
-    and before building the optimizer.
+    Image sizes left as None are taken as square and read from the token counts (``img_size`` is a Mixer's only;
+    a timm model knows its own). With ``drop_head`` the checkpoint's head is dropped when its class count differs
+    from the model's and the model's head is zeroed; without it a different class count is an error. Call before
+    wrapping the model (DeepSpeed) and before building the optimizer.
     """
     what = "the init state dict" if isinstance(source, Mapping) else f"checkpoint {source}"
-    state = dict(source) if isinstance(source, Mapping) else read_state_dict(source)
+    mixer = is_mixer(model)
+    state = dict(source) if isinstance(source, Mapping) else read_state_dict(source, mixer=mixer)
+    source_name = "<state dict>" if isinstance(source, Mapping) else str(source)
+    if not mixer:
+        return load_timm_init(model, state, what, source_name, img_size_pretrained=img_size_pretrained,
+                              drop_head=drop_head)
     model_state = model.state_dict()
     old_grid = state_dict_grid(state, img_size_pretrained, what)
     new_grid = state_dict_grid(model_state, img_size, "the model")
@@ -99,7 +107,6 @@ def load_init(
     model.load_state_dict(state, strict=False)
     if head_dropped:
         zero_head(model)
-    source_name = "<state dict>" if isinstance(source, Mapping) else str(source)
     return InitReport(source_name, old_grid, new_grid, factors, head_dropped)
 
 

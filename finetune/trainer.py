@@ -36,7 +36,8 @@ class FinetuneTrainer(Trainer):
 
     def build_model(self) -> nn.Module:
         model = build_model(self.cfg)
-        load_init(model, self.cfg.init.path, drop_head=self.cfg.init.drop_head)
+        report = load_init(model, self.cfg.init.path, drop_head=self.cfg.init.drop_head)
+        log.info("init: %s", report)
         if self.cfg.init.drop_head:
             replace_head(model, self.cfg.model.num_classes)
         return model

@@ -1,7 +1,8 @@
-"""Evaluate a Mixer: `python launch/evaluate.py --config CFG --checkpoint PATH [--data VAL_SHARDS] [--fewshot]`.
+"""Evaluate a model: `python launch/evaluate.py --config CFG --checkpoint PATH [--data VAL_SHARDS] [--fewshot]`.
 
 Exact top-1/top-5/loss/per-class accuracy (each validation sample counted once, also under deepspeed/torchrun/srun),
-optional ImageNet-ReaL and few-shot linear evaluation; results in `<run dir>/metrics.json`.
+optional ImageNet-ReaL and few-shot linear evaluation; results in `<run dir>/metrics.json`. The model is the config's
+`model.name`: a Mixer variant or any timm model.
 """
 
 from __future__ import annotations

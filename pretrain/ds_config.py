@@ -26,7 +26,9 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     if train.precision != "fp32":
-        derived["data_types"] = {"grad_accum_dtype": train.grad_accum_dtype}
+        # Buffers follow the parameters (DeepSpeed keeps them fp32 otherwise): torch's batch norm (ResNet) wants its
+        # weight and running statistics in one dtype; the exported weights hold them in fp32 again.
+        derived["data_types"] = {"grad_accum_dtype": train.grad_accum_dtype, "buffer_dtype": train.precision}
     return merge(derived, cfg.deepspeed)
 
 

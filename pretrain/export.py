@@ -11,13 +11,22 @@ from pretrain.models import save_weights
 
 
 def full_fp32_state_dict(engine) -> dict[str, torch.Tensor]:
-    """Every parameter's fp32 master copy (collective under ZeRO-3: call on every rank)."""
+    """Every parameter's fp32 master copy and every persistent buffer, floating ones in fp32 (batch-norm statistics
+    of a bf16 engine); collective under ZeRO-3: call on every rank.
+
+    Non-persistent buffers (e.g. ConViT's relative indices, rebuilt by the model) are left out, as in
+    ``state_dict()``, so the file loads strictly into a freshly built model.
+    """
+    module = engine.module
     state = {}
-    for name, param in engine.module.named_parameters():
+    for name, param in module.named_parameters():
         full = safe_get_full_fp32_param(param)  # None where DeepSpeed keeps no separate master copy
         state[name] = (param.data if full is None else full).detach().float().cpu().clone()
-    for name, buf in engine.module.named_buffers():
-        state[name] = buf.detach().cpu().clone()
+    persistent = module.state_dict().keys()
+    for name, buf in module.named_buffers():
+        if name in persistent:
+            buf = buf.detach().cpu()
+            state[name] = (buf.float() if buf.is_floating_point() else buf).clone()
     return state
 
 

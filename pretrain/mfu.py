@@ -77,11 +77,25 @@ def mfu(
 def forward_flops_per_image(
     model: torch.nn.Module, image_size: int | tuple[int, int], in_chans: int = 3
 ) -> int:
-    """FLOPs of a forward pass of one image, counted (matmuls, convolutions) by torch's FlopCounterMode."""
+    """FLOPs of a forward pass of one image, counted (matmuls, convolutions) by torch's FlopCounterMode.
+
+    The pass runs in eval mode (no dropout, no batch-norm statistics update) with the random streams restored
+    afterwards, and buffers a model rebuilds in its forward (ConViT's relative indices, made in the dtype of the
+    moment) are put back, so the model and the run's random numbers are as they were.
+    """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     param = next(model.parameters())
     image = torch.zeros(1, in_chans, height, width, device=param.device, dtype=param.dtype)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(image)
+    training, buffers = model.training, dict(model.named_buffers())
+    devices = [param.device] if param.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), counter:
+            model.eval()
+            model(image)
+    finally:
+        model.train(training)
+        for name, buffer in buffers.items():
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, buffer)
     return counter.get_total_flops()

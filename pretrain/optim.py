@@ -9,12 +9,14 @@ from pretrain.config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decay for weight matrices and conv kernels; none for biases and LayerNorm parameters."""
+    """Two groups: decay for weight matrices and conv kernels; none for biases, norm parameters and what the model's
+    ``no_weight_decay()`` names (timm's ViT/DeiT/ConViT: position embedding and class token, as timm trains them)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
-    for _, param in model.named_parameters():
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

@@ -35,8 +35,8 @@ from pretrain.distributed import DistEnv, detect_env, gather, init_distributed, 
 from pretrain.ds_config import deepspeed_config
 from pretrain.export import export_weights
 from pretrain.memory import memory_stats
-from pretrain.mfu import mfu, peak_flops
-from pretrain.models import create_model, mixer_flops_per_image
+from pretrain.mfu import forward_flops_per_image, mfu, peak_flops
+from pretrain.models import create_model, is_mixer, mixer_flops_per_image
 from pretrain.monitor import Monitor
 from pretrain.optim import build_optimizer
 from pretrain.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested
@@ -72,11 +72,16 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
     """The configured network; the same on every rank (seeded from `train.seed` before construction)."""
     torch.manual_seed(cfg.train.seed)
     m = cfg.model
-    model = create_model(m.name, img_size=m.img_size, num_classes=m.num_classes, drop_rate=m.drop_rate,
-                         drop_path_rate=m.drop_path_rate, init=m.init, gelu=m.gelu)
+    model = create_model(m.name, **m.overrides())
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
+
+
+def model_flops_per_image(model: nn.Module, img_size: int) -> int:
+    """Forward FLOPs of one image: a Mixer's from its shapes, any other model's counted on one forward pass
+    (call before DeepSpeed wraps the model; its state and the random streams are left as they were)."""
+    return mixer_flops_per_image(model) if is_mixer(model) else forward_flops_per_image(model, img_size)
 
 
 def layout_meta(cfg: PretrainConfig, env: DistEnv) -> dict[str, Any]:
@@ -104,6 +109,11 @@ class Trainer:
         if cfg.train.precision == "fp16" and env.device.type == "cpu":
             raise ConfigError("`train.precision`: 'fp16' is not supported by DeepSpeed on a CPU; use bf16 or fp32")
         self.model = self.build_model()
+        self.flops_per_image = model_flops_per_image(self.model, cfg.model.img_size)
+        self.draws_weights = is_mixer(self.model)
+        if cfg.logging.image_every_steps and not self.draws_weights:
+            log.info("logging.image_every_steps: weight pictures are drawn for MLP-Mixer models only; none for %s",
+                     cfg.model.name)
         torch.manual_seed(cfg.train.seed * 1000 + env.rank)  # dropout / drop-path differ per rank
         optimizer = build_optimizer(self.model, cfg.optim, env.device)
         scheduler = build_scheduler(optimizer, cfg.train.steps, cfg.schedule)
@@ -117,7 +127,6 @@ class Trainer:
         self.checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank)
         self.monitor = Monitor(run_dir, env.rank, total_steps=cfg.train.steps, every_steps=cfg.logging.every_steps)
         self.mixup = self._build_mixup()
-        self.flops_per_image = mixer_flops_per_image(self.model)
         self.peak_flops, peak_source = peak_flops(env.device, self.dtype)
         log.info("peak %.1f TFLOP/s per device (%s) for MFU", self.peak_flops / 1e12, peak_source)
         self.step = 0
@@ -255,7 +264,8 @@ class Trainer:
             if self.monitor.due(self.step):
                 self.log_metrics(recent, timer, item)
                 recent = []
-            if cfg.logging.image_every_steps and self.step % cfg.logging.image_every_steps == 0:
+            every = cfg.logging.image_every_steps if self.draws_weights else 0
+            if every and self.step % every == 0:
                 self.log_weight_image()
             done = self.step >= cfg.train.steps
             if any_rank_requested(preemption) and not done:

@@ -22,7 +22,7 @@ def test_batch_accumulation_precision_and_stage():
     assert ds["zero_optimization"] == {"stage": 2}
     assert ds["zero_allow_untested_optimizer"] is True  # the fine-tune recipe's SGD under ZeRO
     assert ds["bf16"] == {"enabled": True} and ds["fp16"]["enabled"] is False
-    assert ds["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert ds["data_types"] == {"grad_accum_dtype": "fp32", "buffer_dtype": "bf16"}
     assert ds["gradient_clipping"] == 1.0
 
 

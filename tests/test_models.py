@@ -49,7 +49,7 @@ def test_registry_lists_variants_and_rejects_unknown_names():
     ]
     with pytest.raises(ValueError) as err:
         create_model("mixer_x1")
-    assert str(err.value) == f"unknown model 'mixer_x1'; known models: {', '.join(list_models())}"
+    assert str(err.value) == "unknown model 'mixer_x1'; closest: mixer_s16, mixer_l16, mixer_h14"
 
 
 def test_registry_overrides_settings_but_not_widths():

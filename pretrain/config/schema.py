@@ -21,11 +21,15 @@ def require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """Which network to build (`pretrain.models.create_model`) and its overrides."""
+    """Which network to build (`pretrain.models.create_model`: a Mixer variant or any timm model) and its overrides.
+
+    `patch_size` 0 keeps the model's own; `init` and `gelu` are Mixer-only and must stay at their defaults otherwise.
+    """
 
     name: str = "mixer_demo"
     img_size: int = 224
     num_classes: int = 1000
+    patch_size: int = 0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     init: str = "flax"
@@ -40,6 +44,19 @@ class ModelConfig:
             require(0.0 <= value < 1.0, f"{prefix}.{name}", value, "a number in [0, 1)")
         require(self.init in ("flax", "timm"), f"{prefix}.init", self.init, "'flax' or 'timm'")
         require(self.gelu in ("exact", "tanh"), f"{prefix}.gelu", self.gelu, "'exact' or 'tanh'")
+        require(self.patch_size >= 0, f"{prefix}.patch_size", self.patch_size,
+                "an integer >= 0 (0: the model's own)")
+        from pretrain.models import model_problem  # imports torch and timm: only once the plain values are fine
+
+        problem = model_problem(self.name, **self.overrides())
+        if problem is not None:
+            raise ConfigError(f"`{prefix}.{problem[0]}`: {problem[1]}")
+
+    def overrides(self) -> dict[str, Any]:
+        """The keyword arguments of `create_model` for this section (patch_size only when set)."""
+        kwargs = dict(img_size=self.img_size, num_classes=self.num_classes, drop_rate=self.drop_rate,
+                      drop_path_rate=self.drop_path_rate, init=self.init, gelu=self.gelu)
+        return {**kwargs, "patch_size": self.patch_size} if self.patch_size else kwargs
 
 
 @dataclass
@@ -229,10 +246,10 @@ class PretrainConfig:
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
     def permute_patch_size(self) -> int:
-        """The patch of `augment.permute: patches`: `augment.permute_patch_size`, or the model's own when that is 0
-        (0 when the model has no patches)."""
-        if self.augment.permute_patch_size:
-            return self.augment.permute_patch_size
+        """The patch of `augment.permute: patches`: `augment.permute_patch_size`, or else `model.patch_size`, or else
+        the Mixer variant's own (0 when none of these gives one)."""
+        if self.augment.permute_patch_size or self.model.patch_size:
+            return self.augment.permute_patch_size or self.model.patch_size
         from pretrain.models.registry import model_patch_size  # here, so loading a config does not import torch
 
         return model_patch_size(self.model.name) or 0

@@ -1,12 +1,20 @@
-"""Named MLP-Mixer variants (paper Table 1, plus a tiny demo model) and the factory that builds them."""
+"""Named MLP-Mixer variants (paper Table 1, plus a tiny demo model) and the factory that builds them or any timm model.
 
+``create_model(name)`` builds our own MlpMixer for the names of ``list_models()`` and, for any other name timm
+knows (``deit_small_patch16_224``, ``convit_small``, ``resnet50``, ...), timm's model (``pretrain.models.timm_models``).
+``model_problem`` says why a name or an override cannot be built, so configs are checked before a run starts.
+"""
+
+import difflib
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from pretrain.models.mixer import MlpMixer
+from pretrain.models.timm_models import create_timm_model, is_timm_model, list_timm_models, timm_override_problem
 
 # layers / patch / hidden C / token-mixing D_S / channel-mixing D_C, as in the paper's Table 1.
 _VARIANTS: dict[str, dict[str, int]] = {
@@ -37,7 +45,7 @@ _OVERRIDABLE = frozenset(
 
 
 def list_models() -> list[str]:
-    """Names accepted by ``create_model``, sorted."""
+    """Our MLP-Mixer variants, sorted (``create_model`` also accepts any timm model name)."""
     return sorted(_VARIANTS)
 
 
@@ -46,17 +54,49 @@ def model_patch_size(name: str) -> int | None:
     return _VARIANTS.get(name, {}).get("patch_size")
 
 
-def create_model(name: str, **overrides: Any) -> MlpMixer:
-    """Build the named Mixer variant; ``overrides`` may set num_classes, img_size, in_chans, patch_size,
-    drop_rate, drop_path_rate, init and gelu."""
-    if name not in _VARIANTS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    fixed = sorted(set(overrides) - _OVERRIDABLE)
-    if fixed:
-        raise ValueError(
-            f"cannot override {', '.join(fixed)} of {name}; overridable: {', '.join(sorted(_OVERRIDABLE))}"
-        )
-    return MlpMixer(**{**_VARIANTS[name], **overrides})
+def is_mixer(model: nn.Module) -> bool:
+    """True for our MlpMixer (block-diagonal expansion, weight pictures and .npz weights apply to it only)."""
+    return isinstance(model, MlpMixer)
+
+
+def model_problem(name: str, **overrides: Any) -> tuple[str, str] | None:
+    """``(key, message)`` saying why ``create_model(name, **overrides)`` cannot build, or None when it can.
+
+    ``key`` is ``"name"`` for an unknown model, else the offending override.
+    """
+    if name in _VARIANTS:
+        fixed = sorted(set(overrides) - _OVERRIDABLE)
+        if fixed:
+            return fixed[0], (f"cannot override {', '.join(fixed)} of {name}; overridable: "
+                              f"{', '.join(sorted(_OVERRIDABLE))}")
+        return None
+    if not is_timm_model(name):
+        close = _closest(name, [*_VARIANTS, *list_timm_models()])
+        hint = f"closest: {', '.join(close)}" if close else (
+            f"an MLP-Mixer variant ({', '.join(list_models())}) or a timm model name")
+        return "name", f"unknown model {name!r}; {hint}"
+    return timm_override_problem(name, overrides)
+
+
+def _closest(name: str, names: list[str], n: int = 3) -> list[str]:
+    """Up to ``n`` names that extend ``name`` (a truncated name), then the most similar ones (difflib)."""
+    extending = sorted((k for k in names if k.startswith(name)), key=len)[:n]
+    similar = difflib.get_close_matches(name, names, n=n, cutoff=0.6)
+    return list(dict.fromkeys([*extending, *similar]))[:n]
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Build the named Mixer variant, or timm model ``name`` (not pretrained).
+
+    ``overrides`` may set num_classes, img_size, in_chans, patch_size, drop_rate, drop_path_rate, and for Mixers
+    init and gelu (timm models accept them only at their defaults). See ``timm_models`` for what applies to timm.
+    """
+    problem = model_problem(name, **overrides)
+    if problem is not None:
+        raise ValueError(problem[1])
+    if name in _VARIANTS:
+        return MlpMixer(**{**_VARIANTS[name], **overrides})
+    return create_timm_model(name, **overrides)
 
 
 def mixer_for_weights(state: Mapping[str, torch.Tensor], img_size: int | tuple[int, int] | None = None) -> MlpMixer:

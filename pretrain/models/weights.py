@@ -1,5 +1,7 @@
 """Loading MLP-Mixer weights from timm-style and official Flax checkpoints; saving them as safetensors.
 
+``read_weights(path, mixer=False)`` reads any other model's state dict (a timm model's) from the torch formats.
+
 Accepted files:
 - ``.pth``/``.pt``/``.bin``: a state dict with timm's names (``torch.load(weights_only=True)``), possibly
   wrapped under ``"state_dict"`` or ``"model"``;
@@ -63,12 +65,19 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.P
         save_file(tensors, tmp, metadata={"format": "pt"})
 
 
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The checkpoint at ``path`` (.pth/.pt/.bin, .safetensors, official .npz) as a state dict with timm's names."""
+def read_weights(path: str | os.PathLike, mixer: bool = True) -> dict[str, torch.Tensor]:
+    """The checkpoint at ``path`` (.pth/.pt/.bin, .safetensors, official .npz) as a state dict with timm's names.
+
+    With ``mixer`` (the default) it must be an MLP-Mixer's; ``mixer=False`` reads any model's state dict from a
+    .pth/.pt/.bin or .safetensors file (.npz files are official Mixer checkpoints only).
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix == ".npz" and not mixer:
+        raise WeightsError(f"{path}: .npz weights are read as official MLP-Mixer checkpoints only; for this model "
+                           "give a .safetensors or .pth state dict")
     if suffix not in (*_TORCH_SUFFIXES, ".safetensors", ".npz"):
         raise WeightsError(
             f"{path}: unknown weights format {suffix!r} (expected .pth, .pt, .bin, .safetensors, .npz)"
@@ -81,7 +90,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 state = _from_flax({k: npz[k] for k in npz.files}, path)
         else:
             with torch.serialization.safe_globals([argparse.Namespace]):  # timm's train checkpoints hold args
-                state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path)
+                state = _unwrap(torch.load(path, map_location="cpu", weights_only=True), path, mixer)
     except WeightsError:
         raise
     except pickle.UnpicklingError as err:
@@ -93,14 +102,14 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WeightsError(f"{path}: cannot read weights: {first_line}") from err
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if _STEM_KEY not in state:
+    if mixer and _STEM_KEY not in state:
         raise WeightsError(
             f"{path}: not an MLP-Mixer checkpoint (no {_STEM_KEY!r} among its {len(state)} keys)"
         )
     return state
 
 
-def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+def _unwrap(obj: object, path: Path, mixer: bool) -> dict[str, torch.Tensor]:
     """The state dict inside a torch checkpoint: the object itself or its 'state_dict'/'model'/'module' entry."""
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "module"):
@@ -108,7 +117,7 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: not an MLP-Mixer checkpoint (no state dict of tensors)")
+        raise WeightsError(f"{path}: not {'an MLP-Mixer' if mixer else 'a'} checkpoint (no state dict of tensors)")
     return obj
 
 
