@@ -22,7 +22,7 @@ from pretrain.trainer import Trainer
 from tests.helpers_models import perturb_
 from tests.helpers_shards import write_dataset
 
-STUDY = Path(__file__).parent.parent / "configs/studies/permutation_mixer.yaml"
+STUDY = Path(__file__).parent.parent / "configs/studies/digits_mixer.yaml"
 NO_PATCH_MODEL = "resnet18"  # a model name without a patch size of its own
 
 
@@ -232,7 +232,7 @@ def test_training_evaluation_and_fewshot_see_the_same_permuted_images(tmp_path):
         fewshot(model, cfg, manifest, manifest, env, torch.float32)
         out["fewshot"] = torch.cat(model.seen)
         mixed = []
-        trainer = SimpleNamespace(preprocess=device_preprocess(cfg, torch.float32), env=env, step=0,
+        trainer = SimpleNamespace(preprocess=device_preprocess(cfg, torch.float32), env=env, step=0, has_gpsa=False,
                                   mixup=lambda x, y, step, rank: (mixed.append(x) or x, y))
         Trainer.micro_batch(trainer, batch, torch.zeros(4, dtype=torch.long), 0)
         out["train"] = mixed[0]

@@ -107,4 +107,4 @@ def test_every_study_arm_loads_for_pretraining_and_evaluation(path):
     study = load_study(path)
     for arm in study.arms:
         load_config(ROOT / arm.config, PretrainConfig, [*study.set, *arm.set])
-        load_config(ROOT / arm.config, FinetuneConfig, [*study.set, *arm.set, *study.eval.set])
+        load_config(ROOT / arm.config, FinetuneConfig, [*study.set, *arm.set, *study.eval.set, "init.path=run"])

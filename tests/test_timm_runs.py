@@ -1,8 +1,9 @@
 """A timm backbone (ConViT-Tiny, 32 px, patch 4) through the real pipeline on the digits shards.
 
-Pinned: 2-rank bf16 ZeRO-1 pretraining logs MFU, skips the Mixer-only weight pictures, and writes checkpoints and
-final.safetensors that load strictly into a fresh model; fine-tuning that run at 48 px through launch/finetune.py
-resamples the position embedding; launch/evaluate.py reproduces its metrics exactly.
+Pinned: 2-rank bf16 ZeRO-1 pretraining logs MFU and the GPSA layers' gating and nonlocality, skips the Mixer-only
+weight pictures, and writes checkpoints and final.safetensors that load strictly into a fresh model; fine-tuning
+that run at 48 px through launch/finetune.py resamples the position embedding; launch/evaluate.py reproduces its
+metrics exactly.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def test_pretraining_logs_mfu_and_writes_loadable_weights(pretrained):
     assert [s for s, _ in tags["train/loss"]] == [1, 2, 3, 4]
     assert all(v > 0 for _, v in tags["train/mfu"])
     assert image_tags(pretrained) == []  # weight pictures are Mixer-only
+    final = load_file(pretrained / "final.safetensors")
+    for layer in range(10):  # convit_tiny: 10 GPSA blocks of 4 heads, logged at every logging step
+        gating = torch.sigmoid(final[f"blocks.{layer}.attn.gating_param"])
+        assert [s for s, _ in tags[f"convit/gating/layer{layer}"]] == [1, 2, 3, 4]
+        for head in range(4):  # the bf16 module's values at step 4 against the fp32 master weights
+            assert tags[f"convit/gating/layer{layer}/head{head}"][-1][1] == pytest.approx(gating[head].item(), abs=4e-3)
+        assert all(0.0 < v < 98**0.5 for _, v in tags[f"convit/nonlocality/layer{layer}"])  # within the 8x8 grid
+    assert "convit/gating/layer10" not in tags
     files = [pretrained / "final.safetensors"] + [
         pretrained / "checkpoints" / tag / "model.safetensors" for tag in ("step-00000002", "step-00000004")]
     model = create_model("convit_tiny", num_classes=10, img_size=32, patch_size=4)
