@@ -17,6 +17,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -210,6 +211,26 @@ def init_distributed(env: DistEnv) -> None:
     import deepspeed  # imported here: it takes seconds and probes the machine
 
     deepspeed.init_distributed(dist_backend=env.backend, verbose=False)
+    if env.device.type == "cpu":
+        release_shm_name(env)
+
+
+def shm_buffer_path(env: DistEnv) -> Path:
+    """The /dev/shm file DeepSpeed's CPU all-reduce creates for this rank (named by uid, master address and port)."""
+    return Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{env.master_addr}_{env.master_port}_{env.rank}"
+
+
+def release_shm_name(env: DistEnv) -> None:
+    """Unlink this rank's DeepSpeed shared-memory buffer name once every rank has mapped every buffer.
+
+    DeepSpeed never unlinks them: each run left 66 MiB per rank in /dev/shm (RAM) for good, and a machine that ran
+    a few hundred short jobs ran out of memory. The mappings stay valid; only the names go.
+    """
+    barrier()  # DeepSpeed's initialize returns once this rank has opened every peer's buffer
+    try:
+        shm_buffer_path(env).unlink()
+    except FileNotFoundError:  # DeepSpeed's shared-memory op is not in use (or another version names it otherwise)
+        pass
 
 
 def share_cpu_threads(env: DistEnv) -> None:

@@ -187,6 +187,8 @@ def test_deepspeed_launcher_two_cpu_processes(tmp_path):
                             timeout=LAUNCH_TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _check_two_ranks(tmp_path, "deepspeed", port)
+    # DeepSpeed's CPU all-reduce buffers (66 MiB of RAM per rank) leave no name behind in /dev/shm
+    assert sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*")) == []
 
 
 @pytest.mark.timeout(LAUNCH_TIMEOUT + 20)
