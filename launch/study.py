@@ -112,8 +112,9 @@ def collect(study: StudyConfig, out: Path) -> list[dict[str, Any]]:
 
 
 def differing_keys(rows: list[dict[str, Any]]) -> list[str]:
-    """Config keys whose value is not the same in every row (paths to the run itself excluded)."""
-    keys = sorted({k for row in rows for k in row["config"]})
+    """Config keys present in every row whose value is not the same in all of them (a key that an older run's
+    config lacks would only show its absence)."""
+    keys = sorted(set.intersection(*(set(row["config"]) for row in rows)))
     return [k for k in keys if len({json.dumps(row["config"].get(k)) for row in rows}) > 1]
 
 

@@ -88,7 +88,8 @@ def layout_meta(cfg: PretrainConfig, env: DistEnv) -> dict[str, Any]:
     """What must match between a checkpoint and the run resuming it."""
     m, a = cfg.model, cfg.augment
     permute = [a.permute, a.permute_seed, cfg.permute_patch_size()] if a.permute else None
-    return {"model": m.name, "img_size": m.img_size, "num_classes": m.num_classes, "permute": permute,
+    return {"model": m.name, "img_size": m.img_size, "num_classes": m.num_classes, "patch_size": m.patch_size or None,
+            "permute": permute,
             "world_size": env.world_size if cfg.train.zero_stage > 0 else None,
             "global_batch": cfg.train.global_batch, "micro_batch": cfg.train.micro_batch}
 
