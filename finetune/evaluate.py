@@ -52,9 +52,11 @@ def fewshot(model: torch.nn.Module, cfg: FinetuneConfig, train: Manifest, val: M
             dtype: torch.dtype) -> dict[str, Any]:
     """The paper's few-shot linear evaluation on frozen pre-logit features (features gathered to every rank)."""
 
+    preprocess = device_preprocess(cfg, dtype)
+
     def features(manifest: Manifest):
         feats, labels = extract_features(model, eval_loader(cfg, manifest, env), env.device, dtype,
-                                         preprocess=device_preprocess(cfg, dtype))
+                                         preprocess=preprocess)
         return _gather_rows(feats), _gather_rows(labels)
 
     train_feats, train_labels = features(train)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from finetune.errors import InitError
+from finetune.fit import check_fits
 from finetune.head import zero_head
 from finetune.resolution import (
     STEM_WEIGHT,
@@ -102,7 +103,8 @@ def load_init(
         )
     if head_dropped:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    _check_fits(state, model_state, what, ignore_missing="head." if head_dropped else None)
+    head_keys = [k for k in model_state if k.startswith("head.")] if head_dropped else ()
+    check_fits(state, model_state, what, ignore_missing=head_keys, expected_shape=_expected_shape)
     match_token_mixing_width(model, state)
     model.load_state_dict(state, strict=False)
     if head_dropped:
@@ -110,36 +112,9 @@ def load_init(
     return InitReport(source_name, old_grid, new_grid, factors, head_dropped)
 
 
-def _check_fits(
-    state: Mapping[str, torch.Tensor],
-    model_state: Mapping[str, torch.Tensor],
-    what: str,
-    ignore_missing: str | None,
-) -> None:
-    """One-line errors for missing, unexpected or mis-shaped entries (``load_state_dict`` lists them all).
-
-    The token-mixing hidden width may differ: ``match_token_mixing_width`` widens the model to fit.
-    """
-    missing = [
-        k for k in model_state if k not in state and not (ignore_missing and k.startswith(ignore_missing))
-    ]
-    unexpected = [k for k in state if k not in model_state]
-    if missing or unexpected:
-        raise InitError(
-            f"{what} does not fit the model: {len(missing)} missing entries {missing[:3]}, "
-            f"{len(unexpected)} unexpected entries {unexpected[:3]}"
-        )
-    for key, value in state.items():
-        expected = _expected_shape(key, tuple(model_state[key].shape), tuple(value.shape))
-        if tuple(value.shape) != expected:
-            raise InitError(
-                f"{what} does not fit the model: {key} has shape {tuple(value.shape)} in the checkpoint "
-                f"but {expected} in the model"
-            )
-
-
 def _expected_shape(key: str, model_shape: tuple, state_shape: tuple) -> tuple:
-    """The model's shape for ``key``, except the token-mixing hidden width, which follows the checkpoint."""
+    """The model's shape for ``key``, except the token-mixing hidden width, which follows the checkpoint
+    (``match_token_mixing_width`` then widens the model to fit)."""
     match = TOKEN_MIXING_KEY.match(key)
     if match is None:
         return model_shape

@@ -23,6 +23,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from finetune.errors import InitError
+from finetune.fit import check_fits
 from finetune.head import zero_head
 
 Grid = tuple[int, int]
@@ -105,27 +106,9 @@ def load_timm_init(
     if head_dropped:
         state = {k: v for k, v in state.items() if k not in head_keys}
     grids = resample_pos_embed(state, model, img_size_pretrained, what)
-    _check_fits(state, model_state, what, ignore_missing=head_keys if head_dropped else [])
+    check_fits(state, model_state, what, ignore_missing=head_keys if head_dropped else ())
     model.load_state_dict(state, strict=False)
     if head_dropped:
         zero_head(model)
     return BackboneInitReport(source, grids, head_dropped)
 
-
-def _check_fits(
-    state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], what: str, ignore_missing: list[str]
-) -> None:
-    """One-line errors for missing, unexpected or mis-shaped entries."""
-    missing = [k for k in model_state if k not in state and k not in ignore_missing]
-    unexpected = [k for k in state if k not in model_state]
-    if missing or unexpected:
-        raise InitError(
-            f"{what} does not fit the model: {len(missing)} missing entries {missing[:3]}, "
-            f"{len(unexpected)} unexpected entries {unexpected[:3]}"
-        )
-    for key, value in state.items():
-        if value.shape != model_state[key].shape:
-            raise InitError(
-                f"{what} does not fit the model: {key} has shape {tuple(value.shape)} in the checkpoint "
-                f"but {tuple(model_state[key].shape)} in the model"
-            )
