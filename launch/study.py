@@ -76,16 +76,20 @@ def load_study(path: str | Path) -> StudyConfig:
     return load_config(path, StudyConfig)
 
 
+def set_option(overrides: list[str]) -> list[str]:
+    """`--set k=v ...` for the entry points, or nothing when there are no overrides."""
+    return ["--set", *overrides] if overrides else []
+
+
 def arm_commands(study: StudyConfig, arm: ArmConfig, out: Path, ranks: int) -> list[list[str]]:
     """The pretraining and evaluation commands of one arm (run from the repository root)."""
     run_dir = out / arm.name
     overrides = [*study.set, *arm.set]
     pretrain = distributed("launch/pretrain.py", ranks, "--config", arm.config, "--run-dir", str(run_dir),
-                           "--resume", "auto", *(["--set", *overrides] if overrides else []))
-    evaluation = [*(["--set", *overrides, *study.eval.set] if overrides or study.eval.set else [])]
+                           "--resume", "auto", *set_option(overrides))
     evaluate = distributed("launch/evaluate.py", ranks, "--config", arm.config, "--checkpoint", str(run_dir),
                            "--run-dir", str(run_dir / "eval"), *(["--fewshot"] if study.eval.fewshot else []),
-                           *evaluation)
+                           *set_option([*overrides, *study.eval.set]))
     return [pretrain, evaluate]
 
 
