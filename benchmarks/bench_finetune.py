@@ -12,9 +12,9 @@ import time
 import numpy as np
 import torch
 
-from finetune.fewshot import fewshot_accuracy
-from finetune.metrics import EvalAccumulator
 from finetune.resolution import expand_token_mixing
+from pretrain.evaluators.accuracy import EvalAccumulator
+from pretrain.evaluators.fewshot_lsr import fewshot_accuracy
 
 
 def timed(label: str, fn) -> None:

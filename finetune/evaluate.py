@@ -11,10 +11,10 @@ import torch
 
 from finetune.config import FinetuneConfig
 from finetune.errors import FinetuneError
-from finetune.fewshot import extract_features, fewshot_accuracy
-from finetune.metrics import EvalAccumulator, load_real_labels
 from pretrain.data import Manifest, build_eval_loader, device_preprocess, eval_transform
 from pretrain.distributed import DistEnv, gather
+from pretrain.evaluators.accuracy import EvalAccumulator, load_real_labels
+from pretrain.evaluators.fewshot_lsr import extract_features, fewshot_accuracy
 
 
 def check_classes(manifest: Manifest, num_classes: int, what: str) -> None:

@@ -16,9 +16,9 @@ from finetune.config import FinetuneConfig
 from finetune.evaluate import check_classes, evaluate, fewshot
 from finetune.head import replace_head
 from finetune.init import load_init
-from finetune.metrics import write_metrics
 from pretrain.data import load_manifest
 from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
+from pretrain.evaluators.accuracy import write_metrics
 from pretrain.preemption import PreemptionFlag
 from pretrain.trainer import Trainer, TrainResult, build_model
 

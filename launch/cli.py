@@ -21,10 +21,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pretrain.config import ConfigError
     from pretrain.data import DataError
     from pretrain.distributed import DistributedSetupError
+    from pretrain.evaluators.errors import EvalError
     from pretrain.models import WeightsError
     from pretrain.trainer import TrainingError
 
-    return (ConfigError, DataError, WeightsError, CheckpointError, TrainingError, FinetuneError,
+    return (ConfigError, DataError, WeightsError, CheckpointError, TrainingError, FinetuneError, EvalError,
             DistributedSetupError)
 
 

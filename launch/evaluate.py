@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.config import FinetuneConfig
     from finetune.evaluate import evaluate, fewshot
     from finetune.init import load_init
-    from finetune.metrics import write_metrics
     from pretrain.config import load_config
     from pretrain.data import load_manifest
     from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
+    from pretrain.evaluators.accuracy import write_metrics
     from pretrain.trainer import DTYPES, build_model
 
     overrides = [*args.set, f"init.path={args.checkpoint}"] + ([f"data.val={args.data}"] if args.data else [])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.fewshot import (
+from pretrain.evaluators.fewshot_lsr import (
     BIAS_FEATURE,
     FewShotError,
     extract_features,

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from finetune.metrics import EvalAccumulator, load_real_labels, write_metrics
+from pretrain.evaluators.accuracy import EvalAccumulator, load_real_labels, write_metrics
 
 NUM_CLASSES, NUM_SAMPLES = 7, 101
 

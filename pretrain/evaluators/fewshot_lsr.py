@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from finetune.errors import FinetuneError
+from pretrain.evaluators.errors import EvalError
 
 BIAS_FEATURE = 100.0
 DEFAULT_L2_REG = 2.0**10
@@ -31,7 +31,7 @@ DEFAULT_SEEDS = (0, 1, 2)
 PREDICT_CHUNK = 8192
 
 
-class FewShotError(FinetuneError):
+class FewShotError(EvalError):
     """The few-shot problem cannot be set up as asked (too few examples per class, bad inputs)."""
 
 
