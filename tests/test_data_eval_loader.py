@@ -1,10 +1,12 @@
 """Eval loader: every sample exactly once over ranks x workers, corrupt ones counted, re-iterable."""
 
+import json
+
 import pytest
 import torch
 
 from pretrain.data import build_eval_loader, eval_transform, load_manifest
-from tests.helpers_shards import sample, write_dataset
+from tests.helpers_shards import encode, make_image, sample, write_dataset
 
 TRANSFORM = eval_transform(16)
 
@@ -54,3 +56,30 @@ def test_bad_arguments(tmp_path):
     m = load_manifest(write_dataset(str(tmp_path), [3]))
     with pytest.raises(ValueError, match=r"^rank must be in \[0, 2\), got -1$"):
         build_eval_loader(m, batch_size=2, rank=-1, world_size=2, workers=0, transform=TRANSFORM)
+
+
+def test_batches_carry_the_source_file_names(tmp_path):
+    def with_json(g, doc):
+        s = sample(f"s{g:05d}", encode(make_image(g)), g % 10)
+        if doc is None:
+            del s["json"]
+        else:
+            s["json"] = doc
+        return s
+
+    path = "n0{}/ILSVRC2012_val_{:08d}.JPEG"
+    replace = {g: with_json(g, json.dumps({"path": path.format(g % 3, g + 1)}).encode()) for g in range(9)}
+    replace[2] = with_json(2, None)  # no json member
+    replace[4] = with_json(4, b'{"class": "n01"}')  # json without a path
+    replace[6] = with_json(6, b"\xff not json")  # corrupt
+    m = load_manifest(write_dataset(str(tmp_path), [4, 5], replace=replace))
+    for workers in (0, 2):
+        loaders = rank_loaders(m, workers=workers, batch_size=3)
+        batches = [b for ld in loaders for b in ld]
+        assert all(len(b["source"]) == len(b["key"]) for b in batches)
+        got = {k: s for b in batches for k, s in zip(b["key"], b["source"], strict=True)}
+        expected = {f"s{g:05d}": f"ILSVRC2012_val_{g + 1:08d}.JPEG" for g in range(9)}
+        expected.update({"s00002": "", "s00004": ""})
+        del expected["s00006"]
+        assert got == expected
+        assert sum(ld.corrupt for ld in loaders) == 1

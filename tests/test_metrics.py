@@ -69,6 +69,38 @@ def test_real_accuracy_excludes_images_without_labels():
     assert result["top1"] == 0.75  # ReaL ignores the original labels
 
 
+def test_real_labels_are_looked_up_by_source_file_name():
+    # The keys are data_prep's renumbered ones; the ReaL table is keyed by validation file name.
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [5.0, 0.0, 0.0]])
+    names = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3, 4)]
+    real = dict(zip(names, [[0, 2], [2], [], [0]], strict=True))
+    acc = EvalAccumulator(3, real_labels=real)
+    acc.update(logits[:2], torch.tensor([0, 1]), keys=["val-000000003", "val-000000000"], sources=names[:2])
+    acc.update(logits[2:], torch.tensor([2, 1]), keys=["val-000000001", "val-000000002"], sources=names[2:])
+    result = acc.result()
+    assert result["num_samples"] == 4 and result["real_num_samples"] == 3 and result["real_top1"] == 2 / 3
+    assert result["top1"] == 0.75
+
+
+def test_missing_source_names_are_clear_errors():
+    real = {"ILSVRC2012_val_00000001.JPEG": [0], "ILSVRC2012_val_00000002.JPEG": []}
+    table = r"the ReaL table \(2 images, named like 'ILSVRC2012_val_00000001.JPEG'\)"
+    acc = EvalAccumulator(3, real_labels=real)
+    missing = "ILSVRC2012_val_00000003.JPEG"
+    with pytest.raises(ValueError, match=f"^sample 'val-000000007' \\(source file '{missing}'\\) is not in {table}$"):
+        acc.update(torch.zeros(1, 3), torch.tensor([0]), keys=["val-000000007"], sources=[missing])
+    with pytest.raises(
+        ValueError,
+        match=f"^sample 'val-000000008' has no source file name \\(its shard has no json member with a path\\), "
+        f"so it cannot be looked up in {table}; build the shards with data_prep$",
+    ):
+        acc.update(torch.zeros(1, 3), torch.tensor([0]), keys=["val-000000008"], sources=[""])
+    with pytest.raises(ValueError, match="^a sample \\(source file 'x.png'\\) is not in the ReaL table"):
+        EvalAccumulator(3, real_labels=real).update(torch.zeros(1, 3), torch.tensor([0]), sources=["x.png"])
+    with pytest.raises(ValueError, match="^got 1 source names for a batch of 2$"):
+        EvalAccumulator(3, real_labels=real).update(torch.zeros(2, 3), torch.tensor([0, 1]), sources=["a"])
+
+
 def test_keys_and_labels_are_checked():
     acc = EvalAccumulator(3, real_labels={"a": [0]})
     with pytest.raises(ValueError, match="^ReaL labels were given, so update\\(\\) needs the sample keys$"):

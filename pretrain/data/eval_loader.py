@@ -4,11 +4,18 @@ The unshuffled concatenation of the shards is cut into world_size x W contiguous
 by at most one; DataLoader worker w of rank r reads part r * W + w. Ranks may yield different numbers of
 batches (the evaluator all-reduces its sums once at the end). Corrupt samples and short shards are skipped,
 counted and, after each pass, available as `EvalLoader.corrupt` / `.truncated` (and logged).
+
+Each batch also carries the samples' source file names (`batch["source"]`): the basename of the `path` in
+the sample's `json` member as data_prep writes it (e.g. "ILSVRC2012_val_00000001.JPEG"), "" where a sample
+has no json member or its json has no string `path`; a json member that is not JSON makes the sample corrupt.
+ImageNet-ReaL labels are looked up by this name (data_prep renumbers the keys).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import posixpath
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +28,19 @@ from .shard_reader import read_pieces
 from .streams import eval_pieces
 
 log = logging.getLogger(__name__)
+
+
+def _sample_source(raw: dict) -> str:
+    """The source file name of a raw sample: basename of its json member's `path`, else ""."""
+    data = raw.get("json")
+    if data is None:
+        return ""
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        raise CorruptSample(f"json member is not JSON: {data[:20]!r}") from None
+    path = meta.get("path") if isinstance(meta, dict) else None
+    return posixpath.basename(path) if isinstance(path, str) else ""
 
 
 class _RankParts(IterableDataset):
@@ -47,9 +67,10 @@ class _RankParts(IterableDataset):
             skipped["truncated"] += 1
             log.warning("eval shard %s %s", url, reason)
 
-        images, labels, keys = [], [], []
+        images, labels, keys, sources = [], [], [], []
         for raw in read_pieces(self.urls, pieces, on_truncated, self.selections):
             try:
+                source = _sample_source(raw)
                 image, label = decode_sample(raw, self.transform, self.num_classes)
             except CorruptSample as exc:
                 skipped["corrupt"] += 1
@@ -60,20 +81,22 @@ class _RankParts(IterableDataset):
             images.append(image)
             labels.append(label)
             keys.append(raw["__key__"])
+            sources.append(source)
             if len(images) == self.batch_size:
-                yield _batch(images, labels, keys)
-                images, labels, keys = [], [], []
+                yield _batch(images, labels, keys, sources)
+                images, labels, keys, sources = [], [], [], []
         if images:
-            yield _batch(images, labels, keys)
+            yield _batch(images, labels, keys, sources)
         yield {"skipped": skipped}
 
 
-def _batch(images: list[torch.Tensor], labels: list[int], keys: list[str]) -> dict:
-    return {"image": torch.stack(images), "label": torch.tensor(labels, dtype=torch.int64), "key": keys}
+def _batch(images: list[torch.Tensor], labels: list[int], keys: list[str], sources: list[str]) -> dict:
+    labels_tensor = torch.tensor(labels, dtype=torch.int64)
+    return {"image": torch.stack(images), "label": labels_tensor, "key": keys, "source": sources}
 
 
 class EvalLoader:
-    """Iterable over one rank's eval batches ({"image", "label", "key"}); re-iterable, one pass each."""
+    """Iterable over one rank's eval batches ({"image", "label", "key", "source"}); re-iterable, one pass each."""
 
     def __init__(self, loader: DataLoader, num_samples: int):
         self._loader = loader

@@ -7,7 +7,8 @@ sampler) is an error instead of a silently biased metric.
 
 ImageNet-ReaL (Beyer et al. 2020) ships ``real.json``: a list over the 50,000 validation images in
 ``ILSVRC2012_val_00000001.JPEG`` order of lists of acceptable labels; an empty list excludes that image
-from the ReaL metric.
+from the ReaL metric. data_prep renumbers the sample keys, so samples are looked up by their source file
+name (the eval loader's ``batch["source"]``) in ``load_real_labels(path)``'s table.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ REAL_KEY_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})")
 class EvalAccumulator:
     """Top-1, top-5, mean cross-entropy, per-class and ReaL accuracy, summed exactly over batches and ranks.
 
-    ``real_labels`` maps sample keys to their ReaL label lists (see ``load_real_labels``); when given,
-    every ``update`` needs ``keys``. "top5" is top-``min(5, num_classes)``.
+    ``real_labels`` maps names to ReaL label lists (see ``load_real_labels``); when given, every ``update``
+    needs ``sources`` (samples are looked up by source file name) or else ``keys`` (looked up by key).
+    Samples with an empty list count everywhere except in ``real_num_samples`` and ``real_top1``.
+    "top5" is top-``min(5, num_classes)``.
     """
 
     def __init__(self, num_classes: int, real_labels: Mapping[str, Sequence[int]] | None = None) -> None:
@@ -55,8 +58,15 @@ class EvalAccumulator:
     def num_samples(self) -> int:
         return int(self.class_samples.sum())
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, keys: Sequence[str] | None = None) -> None:
-        """Add a batch: ``logits [B, num_classes]``, integer ``labels [B]``, optional sample ``keys``."""
+    def update(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        keys: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+    ) -> None:
+        """Add a batch: ``logits [B, num_classes]``, integer ``labels [B]``, optional sample ``keys`` and
+        source file names ``sources`` (the eval loader's ``batch["key"]`` and ``batch["source"]``)."""
         if self.reduced:
             raise RuntimeError("update() after all_reduce(): the counts are already merged over ranks")
         logits, labels = logits.detach(), labels.detach()
@@ -71,7 +81,9 @@ class EvalAccumulator:
             raise ValueError(
                 f"labels must lie in [0, {self.num_classes}), got {label_array.min()}..{label_array.max()}"
             )
-        self._add_keys(keys, len(labels))
+        self._add_keys(keys, len(labels), need_keys=self.real_labels is not None and sources is None)
+        if sources is not None and len(sources) != len(labels):
+            raise ValueError(f"got {len(sources)} source names for a batch of {len(labels)}")
         loss = F.cross_entropy(logits.double(), labels, reduction="sum")
         top = logits.topk(self.top_k, dim=1).indices
         hits = (top == labels[:, None]).cpu()
@@ -81,10 +93,10 @@ class EvalAccumulator:
         self.class_samples += np.bincount(label_array, minlength=self.num_classes)
         self.class_correct += np.bincount(label_array[hits[:, 0].numpy()], minlength=self.num_classes)
         if self.real_labels is not None:
-            self._add_real(top[:, 0].cpu().tolist(), keys)
+            self._add_real(top[:, 0].cpu().tolist(), keys, sources)
 
-    def _add_keys(self, keys: Sequence[str] | None, batch_size: int) -> None:
-        if self.real_labels is not None and keys is None:
+    def _add_keys(self, keys: Sequence[str] | None, batch_size: int, need_keys: bool) -> None:
+        if need_keys and keys is None:
             raise ValueError("ReaL labels were given, so update() needs the sample keys")
         if self.keyed is not None and self.keyed != (keys is not None):
             raise ValueError("give sample keys with every batch or with none")
@@ -98,14 +110,28 @@ class EvalAccumulator:
                 raise ValueError(f"sample {key!r} was counted twice")
             self.keys.add(key)
 
-    def _add_real(self, predictions: list[int], keys: Sequence[str]) -> None:
-        for key, prediction in zip(keys, predictions, strict=True):
-            if key not in self.real_labels:
-                raise ValueError(f"no ReaL labels for sample {key!r}")
-            valid = self.real_labels[key]
+    def _add_real(self, predictions: list[int], keys: Sequence[str] | None, sources: Sequence[str] | None) -> None:
+        names = keys if sources is None else sources
+        for i, (name, prediction) in enumerate(zip(names, predictions, strict=True)):
+            valid = self.real_labels.get(name)
+            if valid is None:
+                raise ValueError(self._not_in_table(i, keys, sources))
             if len(valid):
                 self.real_samples += 1
                 self.real_correct += int(prediction in valid)
+
+    def _not_in_table(self, i: int, keys: Sequence[str] | None, sources: Sequence[str] | None) -> str:
+        if sources is None:
+            return f"no ReaL labels for sample {keys[i]!r}"
+        sample = f"sample {keys[i]!r}" if keys is not None else "a sample"
+        example = next(iter(self.real_labels), "")
+        table = f"the ReaL table ({len(self.real_labels)} images, named like {example!r})"
+        if not sources[i]:
+            return (
+                f"{sample} has no source file name (its shard has no json member with a path), so it cannot be "
+                f"looked up in {table}; build the shards with data_prep"
+            )
+        return f"{sample} (source file {sources[i]!r}) is not in {table}"
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks (no-op without a process group); call once, on every rank.
