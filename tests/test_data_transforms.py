@@ -1,5 +1,6 @@
 """Transforms: equal to timm's under the same seeds, JPEG draft keeps the geometry, per-sample determinism,
-the posterize guard, random erasing, device normalisation."""
+the posterize guard, random erasing, mean/std reach erasing and the RandAugment fill, the squash evaluation
+resize, device normalisation."""
 
 import io
 import pickle
@@ -17,6 +18,12 @@ from pretrain.data import eval_transform, normalize_on_device, train_transform
 from pretrain.data.randaugment import guard_posterize
 from pretrain.data.rng import seed_globals
 from tests.helpers_shards import encode, make_image
+
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def as_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
 
 
 def photo_jpeg(size=(320, 240)) -> bytes:
@@ -126,6 +133,62 @@ def test_random_erasing_fills_a_region_with_clipped_noise():
     assert torch.equal(out, run(t, data, 3))
 
 
+def test_squash_eval_equals_pil_resize_of_the_whole_non_square_image():
+    photo = Image.fromarray(load_sample_images().images[1])  # 640 x 427
+    png = encode(photo, "PNG")  # PNG: no JPEG reduction
+    for name, resample in (("bilinear", Image.Resampling.BILINEAR), ("bicubic", Image.Resampling.BICUBIC)):
+        for size in (96, 224):
+            out = run(eval_transform(size, resize="squash", interpolation=name), png, 0)
+            assert out.dtype == torch.uint8 and out.shape == (3, size, size)
+            assert torch.equal(out, as_tensor(photo.resize((size, size), resample))), (name, size)
+    crop = run(eval_transform(96), png, 0)
+    assert not torch.equal(crop, run(eval_transform(96, resize="squash"), png, 0))  # the modes differ
+
+
+def test_squash_eval_drafts_only_while_both_sides_stay_at_least_the_output():
+    wide = Image.fromarray(load_sample_images().images[0]).resize((640, 240))
+    jpeg = encode(wide, quality=92)
+    full = Image.open(io.BytesIO(jpeg)).convert("RGB")  # decoded at full size
+    # size 160: the long side allows 1/4, the short side (240 / 160) none
+    for size, box in ((56, (0.0, 0.0, 160.0, 60.0)), (100, (0.0, 0.0, 320.0, 120.0)), (160, None)):
+        t = eval_transform(size, resize="squash")
+        img, ctx = t.decode(Image.open(io.BytesIO(jpeg)))
+        assert ctx == (size, size, box), size
+        assert min(img.size) >= size
+        out, ref = t.finish(img, ctx), as_tensor(full.resize((size, size), Image.Resampling.BILINEAR))
+        if box is None:
+            assert torch.equal(out, ref)
+        else:  # same geometry, only the downscaling differs
+            assert (out.float() - ref.float()).abs().mean().item() < 4.0, size
+
+
+def test_random_erasing_noise_follows_the_given_mean_and_std():
+    data = encode(Image.new("RGB", (64, 64), (0, 0, 0)), "PNG")
+    t = train_transform(64, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, random_erasing=1.0, **IMAGENET)
+    regions = []
+    for seed in range(20):
+        out = run(t, data, seed)
+        ys, xs = torch.nonzero((out != 0).any(dim=0), as_tuple=True)
+        regions.append(out[:, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].reshape(3, -1).float())
+    px = torch.cat(regions, dim=1)
+    assert px.shape[1] > 5000
+    assert torch.allclose(px.mean(dim=1), 255 * torch.tensor(IMAGENET["mean"]), atol=3.0)  # not 127.5 each
+    assert torch.allclose(px.std(dim=1), 255 * torch.tensor(IMAGENET["std"]), atol=4.0)  # not 127.5 each
+    assert ((px == 0) | (px == 255)).float().mean() < 0.06  # mean=std=0.5 clips about a third
+
+
+def test_randaugment_fills_with_the_given_mean_colour():
+    fill = (124, 116, 104)  # round(255 * mean)
+    t = train_transform(32, randaugment="rand-m9-mstd0.5-inc1", **IMAGENET)
+    assert {op.kwargs["fillcolor"] for op in t.randaugment.ops} == {fill}
+    rotate = next(op for op in t.randaugment.ops if op.name == "Rotate")
+    rotate.prob, rotate.magnitude_std = 1.0, 0.0  # always, by 27 degrees
+    out = rotate(Image.new("RGB", (32, 32), (255, 255, 255)))
+    assert out.getpixel((0, 0)) == fill and out.getpixel((31, 31)) == fill
+    default = train_transform(32, randaugment="rand-m9-mstd0.5-inc1")
+    assert {op.kwargs["fillcolor"] for op in default.randaugment.ops} == {(128, 128, 128)}
+
+
 def test_normalize_on_device():
     x = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 2, 2)
     y = normalize_on_device(x, (0.5, 0.5, 0.2), (0.5, 0.5, 0.4), torch.bfloat16)
@@ -146,4 +209,6 @@ def test_bad_arguments():
         train_transform(16, interpolation="cubic")
     with pytest.raises(ValueError, match=r"^crop_pct must be in \(0, 1\], got 1.5$"):
         eval_transform(16, crop_pct=1.5)
+    with pytest.raises(ValueError, match=r"^resize must be one of crop, squash, got 'center'$"):
+        eval_transform(16, resize="center")
     assert np.isclose(eval_transform(224).resize_to, 256)

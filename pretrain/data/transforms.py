@@ -1,11 +1,13 @@
 """Image transforms for training and evaluation, with the same geometry and augmentations as timm's
-create_transform, producing uint8 (3, H, W) tensors; normalisation happens on the device.
+create_transform, producing uint8 (3, H, W) tensors; normalisation happens on the device. Evaluation can
+instead resize the whole image to img_size x img_size (resize="squash"), as the ViT/MLP-Mixer fine-tuning code
+(google-research/vision_transformer, vit_jax/input_pipeline.py) does.
 
 Speed: the crop is chosen on the JPEG header's size before decoding, and the JPEG is decoded at the largest
-DCT reduction (PIL draft: 1/2, 1/4, 1/8) that keeps the crop at least as large as the output, so the output
-is still a downscale. Random draws come from the global RNGs in timm's order (crop and interpolation:
-`random`; flip: torch; RandAugment: NumPy and `random`; erasing: `random` and torch), so with the same seeds
-and no JPEG reduction the output equals timm's (normalize=False) exactly.
+DCT reduction (PIL draft: 1/2, 1/4, 1/8) that keeps the crop at least as large as the output in both
+dimensions, so the output is still a downscale. Random draws come from the global RNGs in timm's order (crop
+and interpolation: `random`; flip: torch; RandAugment: NumPy and `random`; erasing: `random` and torch), so
+with the same seeds and no JPEG reduction the output equals timm's (normalize=False) exactly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .decode import to_rgb
 from .randaugment import rand_augment
 
 Box = tuple[float, float, float, float]
+EVAL_RESIZES = ("crop", "squash")
 
 
 def _interpolations(name: str) -> list[Image.Resampling]:
@@ -111,17 +114,23 @@ def _erase(img: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> No
 
 
 class EvalTransform:
-    """Resize the shorter side to floor(img_size / crop_pct), center crop img_size; see eval_transform()."""
+    """"crop": resize the shorter side to floor(img_size / crop_pct), center crop img_size; "squash": resize
+    the whole image to img_size x img_size (crop_pct unused); see eval_transform()."""
 
-    def __init__(self, img_size, crop_pct, mean, std, interpolation):
+    def __init__(self, img_size, crop_pct, mean, std, interpolation, resize="crop"):
+        if resize not in EVAL_RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(EVAL_RESIZES)}, got {resize!r}")
         if not 0 < crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
         self.img_size = int(img_size)
+        self.resize = resize
         self.resize_to = math.floor(self.img_size / crop_pct)
         self.mean, self.std = tuple(mean), tuple(std)
         self.interpolation = _interpolations(interpolation)[0]
 
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
+        if self.resize == "squash":  # the center crop below then keeps the whole image
+            return self.img_size, self.img_size
         short, long = min(w, h), max(w, h)  # as torchvision's Resize(int)
         new_long = int(self.resize_to * long / short)
         return (self.resize_to, new_long) if w <= h else (new_long, self.resize_to)
@@ -135,7 +144,8 @@ class EvalTransform:
         return to_rgb(img), (new_w, new_h, (0.0, 0.0, w / s, h / s) if s > 1 else None)
 
     def finish(self, img: Image.Image, ctx: tuple[int, int, Box | None]) -> torch.Tensor:
-        """Resize (as torchvision's Resize(int)), center crop (as its CenterCrop), to uint8 tensor."""
+        """Resize (as torchvision's Resize(int), or to the square), center crop (as its CenterCrop), to uint8
+        tensor."""
         new_w, new_h, box = ctx
         if box is not None:
             img = img.resize((new_w, new_h), self.interpolation, box=box)
@@ -176,9 +186,12 @@ def eval_transform(
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
     interpolation: str = "bilinear",
+    resize: str = "crop",
 ) -> EvalTransform:
-    """Evaluation transform: PIL image -> uint8 (3, img_size, img_size)."""
-    return EvalTransform(img_size, crop_pct, mean, std, interpolation)
+    """Evaluation transform: PIL image -> uint8 (3, img_size, img_size). resize="crop" (timm): shorter side to
+    img_size / crop_pct, center crop; resize="squash" (ViT/Mixer fine-tuning): the whole image to
+    img_size x img_size, aspect ratio not kept, crop_pct unused."""
+    return EvalTransform(img_size, crop_pct, mean, std, interpolation, resize)
 
 
 def normalize_on_device(
