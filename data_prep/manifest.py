@@ -3,7 +3,8 @@
 Keys: format_version, layout, options (creation options), num_samples, num_classes, classes (index ->
 name), shards [{name, num_samples, bytes, sha256}] (names relative to the manifest's folder), skipped
 [{path, reason}], class_counts (per class index). The trainer relies on num_samples, num_classes,
-classes, shards[i].name and shards[i].num_samples.
+classes, shards[i].name and shards[i].num_samples. :func:`format_problem` is the one check of the format, for
+:func:`read_manifest` and for the trainer's reader (``pretrain.data.load_manifest``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import json
 import os
 import re
 
-from data_prep.atomic import write_json_atomic
+from data_prep.atomic import atomic_write_json
 from data_prep.errors import DataPrepError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+-\d{6}\.tar$")
-_REQUIRED = ("num_samples", "num_classes", "classes", "shards", "class_counts")
+# The keys every reader may rely on, beside format_version.
+REQUIRED_KEYS = ("num_samples", "num_classes", "classes", "shards", "class_counts")
 
 
 def shard_name(prefix: str, index: int) -> str:
@@ -49,7 +51,23 @@ def make_manifest(
 
 
 def write_manifest(out: str, manifest: dict) -> None:
-    write_json_atomic(os.path.join(out, MANIFEST_NAME), manifest)
+    """Write ``OUT/manifest.json`` atomically (the last file of a build)."""
+    atomic_write_json(os.path.join(out, MANIFEST_NAME), manifest)
+
+
+def format_problem(manifest: object) -> str | None:
+    """Why a loaded manifest is not in this format (to follow its file name in an error), or None if it is."""
+    if not isinstance(manifest, dict):
+        return "does not hold a JSON object"
+    if "format_version" not in manifest:
+        return f"has no format_version (format_version {FORMAT_VERSION} is supported): build it with data_prep"
+    version = manifest["format_version"]
+    if type(version) is not int or version != FORMAT_VERSION:
+        return f"has format_version {version!r}, but only format_version {FORMAT_VERSION} is supported"
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        return f"lacks the key(s) {', '.join(missing)}"
+    return None
 
 
 def read_manifest(out: str) -> dict:
@@ -62,7 +80,7 @@ def read_manifest(out: str) -> dict:
             manifest = json.load(f)
     except (OSError, ValueError) as e:
         raise DataPrepError(f"cannot read {path}: {e}") from None
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise DataPrepError(f"{path} lacks the key(s) {', '.join(missing)}")
+    problem = format_problem(manifest)
+    if problem is not None:
+        raise DataPrepError(f"{path} {problem}")
     return manifest

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from data_prep.atomic import sha256_file
+from data_prep.atomic import is_temp_name, sha256_file
 from data_prep.errors import DataPrepError
 from data_prep.manifest import MANIFEST_NAME, SHARD_NAME_RE, shard_name
 from data_prep.shards import ShardInfo
@@ -22,7 +22,7 @@ def _ours(name: str) -> bool:
     return (
         name in (MANIFEST_NAME, STATE_DIR)
         or SHARD_NAME_RE.match(name) is not None
-        or (name.startswith(".") and name.endswith(".tmp"))
+        or is_temp_name(name)
     )
 
 

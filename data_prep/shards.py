@@ -13,7 +13,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 
-from data_prep.atomic import temp_path
+from data_prep.atomic import commit, temp_path
 
 BLOCK = tarfile.BLOCKSIZE  # 512: header size and data padding unit
 RECORD = tarfile.RECORDSIZE  # 10240: a stream-mode tar file is padded to a multiple of this
@@ -104,10 +104,8 @@ class ShardWriter:
         """Write the end-of-archive blocks and record padding, flush to disk, rename into place."""
         size = shard_bytes(self.payload)
         self._write(bytes(size - self.payload))
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
-        os.replace(self.tmp, self.path)
+        commit(self.tmp, self.path)
         return ShardInfo(self.num_samples, size, self._sha.hexdigest())
 
     def abort(self) -> None:

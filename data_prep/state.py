@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from data_prep.atomic import write_json_atomic
+from data_prep.atomic import atomic_write_json, is_temp_name
 from data_prep.shards import ShardInfo
 
 STATE_DIR = ".data_prep"
@@ -47,7 +47,7 @@ class BuildState:
     def create(self, plan_record: dict) -> None:
         """Start a fresh state with this plan."""
         os.makedirs(self.blocks_dir, exist_ok=True)
-        write_json_atomic(self.plan_path, plan_record)
+        atomic_write_json(self.plan_path, plan_record)
 
     def load_plan(self) -> dict | None:
         """The plan record of an earlier build, or None."""
@@ -61,7 +61,7 @@ class BuildState:
 
     def save_record(self, record: BlockRecord) -> None:
         # Not flushed: a record garbled by a power cut fails to load, and its block is simply built again.
-        write_json_atomic(self.record_path(record.block), record.to_json(), durable=False)
+        atomic_write_json(self.record_path(record.block), record.to_json(), durable=False)
 
     def load_record(self, block: int) -> BlockRecord | None:
         """The block's record, or None if it is missing or unreadable (then the block is built again)."""
@@ -82,7 +82,7 @@ class BuildState:
         for folder in (os.path.dirname(self.dir), self.dir, self.blocks_dir):
             if os.path.isdir(folder):
                 for name in os.listdir(folder):
-                    if name.startswith(".") and name.endswith(".tmp"):
+                    if is_temp_name(name):
                         os.remove(os.path.join(folder, name))
 
 

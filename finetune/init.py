@@ -22,9 +22,8 @@ from torch import nn
 
 from finetune.errors import InitError
 from finetune.fit import check_fits
-from finetune.head import zero_head
+from finetune.head import drop_mismatched_head, zero_head
 from finetune.resolution import (
-    STEM_WEIGHT,
     TOKEN_MIXING_KEY,
     Grid,
     check_patch_size,
@@ -36,6 +35,7 @@ from finetune.resolution import (
 from finetune.timm_init import BackboneInitReport, load_timm_init
 from pretrain.checkpoint import CheckpointError, resolve_weights
 from pretrain.models import WeightsError, is_mixer, read_weights
+from pretrain.models.weights import STEM_WEIGHT
 
 __all__ = ["BackboneInitReport", "InitError", "InitReport", "load_init", "read_state_dict"]
 
@@ -58,10 +58,6 @@ def read_state_dict(path: str | Path, mixer: bool = True) -> dict[str, torch.Ten
         return read_weights(resolve_weights(path) if Path(path).is_dir() else path, mixer=mixer)
     except (CheckpointError, WeightsError) as err:
         raise InitError(str(err)) from None
-
-
-def _head_classes(state: Mapping[str, torch.Tensor]) -> int:
-    return state["head.weight"].shape[0] if "head.weight" in state else 0
 
 
 def load_init(
@@ -94,22 +90,13 @@ def load_init(
     factors = scale_factors(old_grid, new_grid, tuple(state[STEM_WEIGHT].shape[-2:]))
     state = expand_token_mixing(state, old_grid, new_grid)
 
-    ckpt_classes, model_classes = _head_classes(state), _head_classes(model_state)
-    head_dropped = ckpt_classes != model_classes
-    if head_dropped and not drop_head:
-        raise InitError(
-            f"{what} has a {ckpt_classes}-class head but the model has {model_classes} classes; "
-            "use drop_head=True to start from a zero head"
-        )
-    if head_dropped:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    head_keys = [k for k in model_state if k.startswith("head.")] if head_dropped else ()
-    check_fits(state, model_state, what, ignore_missing=head_keys, expected_shape=_expected_shape)
+    state, missing_head = drop_mismatched_head(model, state, what, drop_head)
+    check_fits(state, model_state, what, ignore_missing=missing_head or (), expected_shape=_expected_shape)
     match_token_mixing_width(model, state)
     model.load_state_dict(state, strict=False)
-    if head_dropped:
+    if missing_head is not None:
         zero_head(model)
-    return InitReport(source_name, old_grid, new_grid, factors, head_dropped)
+    return InitReport(source_name, old_grid, new_grid, factors, head_dropped=missing_head is not None)
 
 
 def _expected_shape(key: str, model_shape: tuple, state_shape: tuple) -> tuple:

@@ -23,7 +23,6 @@ has shape ``(D_S, tokens)`` and ``fc2.weight`` ``(tokens, D_S)``.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 
@@ -32,12 +31,11 @@ import torch
 from torch import nn
 
 from finetune.errors import FinetuneError
+from pretrain.models.weights import STEM_WEIGHT, TOKEN_MIXING_WEIGHT, WeightsError, mixer_shapes
 
 Grid = tuple[int, int]
 
 TOKEN_MIXING_KEY = re.compile(r"^blocks\.\d+\.mlp_tokens\.(fc1|fc2)\.(weight|bias)$")
-FIRST_TOKEN_MIXING_WEIGHT = "blocks.0.mlp_tokens.fc1.weight"
-STEM_WEIGHT = "stem.proj.weight"
 
 
 class ResolutionError(FinetuneError):
@@ -138,40 +136,13 @@ def expand_token_mixing(
     return out
 
 
-def token_grid(num_tokens: int, img_size: int | Grid | None, patch_size: Grid, what: str) -> Grid:
-    """The token grid for ``img_size`` (int or (H, W)); a square grid from ``num_tokens`` when it is None.
-
-    Checks that the grid holds ``num_tokens`` tokens. ``what`` names the model or checkpoint in errors.
-    """
-    if img_size is None:
-        side = math.isqrt(num_tokens)
-        if side * side != num_tokens:
-            raise ResolutionError(
-                f"{what} has {num_tokens} tokens, not a square grid; give its image size explicitly"
-            )
-        return side, side
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-    if size[0] % patch_size[0] or size[1] % patch_size[1]:
-        raise ResolutionError(
-            f"{what}: image size {_fmt(size)} is not a multiple of the patch {_fmt(patch_size)}"
-        )
-    grid = (size[0] // patch_size[0], size[1] // patch_size[1])
-    if grid[0] * grid[1] != num_tokens:
-        raise ResolutionError(
-            f"{what}: image size {_fmt(size)} with patch {_fmt(patch_size)} gives grid {_fmt(grid)} "
-            f"({grid[0] * grid[1]} tokens), but its token-mixing weights are for {num_tokens} tokens"
-        )
-    return grid
-
-
 def state_dict_grid(state_dict: Mapping[str, torch.Tensor], img_size: int | Grid | None, what: str) -> Grid:
-    """The token grid of a Mixer state dict (token count from ``fc1.weight``, patch from ``stem.proj``)."""
-    missing = [k for k in (STEM_WEIGHT, FIRST_TOKEN_MIXING_WEIGHT) if k not in state_dict]
-    if missing:
-        raise ResolutionError(f"{what} is not an MLP-Mixer state dict: it has no {' or '.join(missing)}")
-    num_tokens = state_dict[FIRST_TOKEN_MIXING_WEIGHT].shape[1]
-    patch = tuple(state_dict[STEM_WEIGHT].shape[-2:])
-    return token_grid(num_tokens, img_size, patch, what)
+    """The token grid of a Mixer state dict at ``img_size`` (square from its token count when None), checked
+    against its token-mixing weights (``pretrain.models.weights.mixer_shapes``); ResolutionError otherwise."""
+    try:
+        return mixer_shapes(state_dict, what).grid(img_size, what)
+    except WeightsError as err:
+        raise ResolutionError(str(err)) from None
 
 
 def widen_token_mixing(model: nn.Module, hidden: int) -> None:
@@ -225,6 +196,6 @@ def check_patch_size(
 
 def match_token_mixing_width(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Widen ``model``'s token-mixing MLPs in place to the state dict's hidden width when they differ."""
-    hidden = state_dict[FIRST_TOKEN_MIXING_WEIGHT].shape[0]
+    hidden = state_dict[TOKEN_MIXING_WEIGHT].shape[0]
     if model.blocks[0].mlp_tokens.fc1.out_features != hidden:
         widen_token_mixing(model, hidden)

@@ -1,21 +1,19 @@
 """Loading a fine-tuning init state dict into a timm model (any backbone other than our Mixer).
 
 The surgery is timm's own for these models: the classifier is dropped when its class count differs from the
-model's (the model's head is then zeroed, as for the Mixer), absolute position embeddings are resampled
-(``timm.layers.resample_abs_pos_embed``, bicubic) when the fine-tune resolution gives another patch grid, and every
-other entry must fit exactly. Convolutional models (ResNet) have no size-dependent weights and load unchanged at any
-resolution.
+model's (``finetune.head.drop_mismatched_head``; the model's head is then zeroed, as for the Mixer), absolute
+position embeddings are resampled (``timm.layers.resample_abs_pos_embed``, bicubic) when the fine-tune resolution
+gives another patch grid, and every other entry must fit exactly. Convolutional models (ResNet) have no size-dependent
+weights and load unchanged at any resolution.
 
-The classifier's entries are found from the model itself (the parameters of ``get_classifier()``), so they are
-``head.*`` for ViT/DeiT/ConViT and ``fc.*`` for ResNet. The prefix (class) tokens of the position embedding are
-counted as its length minus the model's patch grid: ViT/DeiT store one for the class token, ConViT stores none
-(its class token joins after the local blocks), whatever ``num_prefix_tokens`` says.
+The prefix (class) tokens of the position embedding are counted as its length minus the model's patch grid: ViT/DeiT
+store one for the class token, ConViT stores none (its class token joins after the local blocks), whatever
+``num_prefix_tokens`` says.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +22,7 @@ from torch import nn
 
 from finetune.errors import InitError
 from finetune.fit import check_fits
-from finetune.head import zero_head
+from finetune.head import drop_mismatched_head, zero_head
 
 Grid = tuple[int, int]
 POS_EMBED = "pos_embed"
@@ -38,20 +36,6 @@ class BackboneInitReport:
     source: str
     pos_embed_grids: tuple[Grid, Grid] | None
     head_dropped: bool
-
-
-def classifier_keys(model: nn.Module) -> list[str]:
-    """The state-dict keys of the model's classifier(s), e.g. ``['head.weight', 'head.bias']`` or ``['fc.weight',
-    'fc.bias']``; empty when the head is an ``nn.Identity``."""
-    heads = model.get_classifier()
-    heads = heads if isinstance(heads, tuple) else (heads,)
-    names = {id(module): name for name, module in model.named_modules()}
-    return [f"{names[id(head)]}.{param}" for head in heads for param, _ in head.named_parameters()]
-
-
-def _classes(state: Mapping[str, torch.Tensor], keys: list[str]) -> int:
-    weights = [state[k] for k in keys if k.endswith("weight") and k in state]
-    return weights[0].shape[0] if weights else 0
 
 
 def resample_pos_embed(
@@ -94,21 +78,11 @@ def load_timm_init(
 ) -> BackboneInitReport:
     """Load ``state`` into timm model ``model``: resample its position embedding, drop a head of another class
     count (``drop_head``; an error otherwise) and zero the model's, load everything else strictly."""
-    model_state = model.state_dict()
-    head_keys = classifier_keys(model)
-    ckpt_classes, model_classes = _classes(state, head_keys), _classes(model_state, head_keys)
-    head_dropped = ckpt_classes != model_classes
-    if head_dropped and not drop_head:
-        raise InitError(
-            f"{what} has a {ckpt_classes}-class head but the model has {model_classes} classes; "
-            "use drop_head=True to start from a zero head"
-        )
-    if head_dropped:
-        state = {k: v for k, v in state.items() if k not in head_keys}
+    state, missing_head = drop_mismatched_head(model, state, what, drop_head)
     grids = resample_pos_embed(state, model, img_size_pretrained, what)
-    check_fits(state, model_state, what, ignore_missing=head_keys if head_dropped else ())
+    check_fits(state, model.state_dict(), what, ignore_missing=missing_head or ())
     model.load_state_dict(state, strict=False)
-    if head_dropped:
+    if missing_head is not None:
         zero_head(model)
-    return BackboneInitReport(source, grids, head_dropped)
+    return BackboneInitReport(source, grids, head_dropped=missing_head is not None)
 

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python launch/x
 
 import yaml
 
+from data_prep.atomic import atomic_write_text
 from launch.cli import run_main
 from launch.local import DIGITS, ROOT, build_digits, distributed, sh
-from pretrain.atomic import atomic_write_text
 from pretrain.config import ConfigError, load_config
 from pretrain.config.schema import require
 

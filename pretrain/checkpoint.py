@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.atomic import atomic_write_text
+from data_prep.atomic import atomic_write_text
 from pretrain.distributed import barrier
 
 META = "meta.json"

@@ -65,7 +65,8 @@ def _int(environ: Mapping[str, str], name: str) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it; another process may take it before use)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -149,7 +150,7 @@ def _from_slurm_env(environ: Mapping[str, str]) -> dict:
 
 
 def _single(environ: Mapping[str, str]) -> dict:
-    port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else _free_port()
+    port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else free_port()
     return dict(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0,
                 master_addr=environ.get("MASTER_ADDR", "127.0.0.1"), master_port=port, launcher="single")
 

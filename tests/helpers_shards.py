@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from data_prep import manifest as prep_manifest
+
 
 def make_image(index: int, size: tuple[int, int] = (40, 32), mode: str = "RGB") -> Image.Image:
     """A small image that differs from every other index (smooth gradients plus a coloured block)."""
@@ -58,9 +60,19 @@ def write_shard(path: str, samples: Iterable[dict]) -> int:
     return n
 
 
+def _count_labels(data: bytes, class_counts: list[int]) -> None:
+    """Add the shard's usable `cls` members (integers in range) to `class_counts`."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar:
+            if member.name.endswith(".cls"):
+                text = tar.extractfile(member).read()
+                if text.strip().isdigit() and int(text) < len(class_counts):
+                    class_counts[int(text)] += 1
+
+
 def write_manifest(folder: str, shard_names: Sequence[str], counts: Sequence[int], num_classes: int) -> str:
-    """manifest.json for shards already in `folder`; returns its path."""
-    shards = []
+    """manifest.json (data_prep's format) for shards already in `folder`; returns its path."""
+    shards, class_counts = [], [0] * num_classes
     for name, count in zip(shard_names, counts, strict=True):
         with open(os.path.join(folder, name), "rb") as f:
             data = f.read()
@@ -72,16 +84,10 @@ def write_manifest(folder: str, shard_names: Sequence[str], counts: Sequence[int
                 "sha256": hashlib.sha256(data).hexdigest(),
             }
         )
-    doc = {
-        "num_samples": sum(counts),
-        "num_classes": num_classes,
-        "classes": [f"class{i}" for i in range(num_classes)],
-        "shards": shards,
-    }
-    path = os.path.join(folder, "manifest.json")
-    with open(path, "w") as f:
-        json.dump(doc, f)
-    return path
+        _count_labels(data, class_counts)
+    classes = [f"class{i}" for i in range(num_classes)]
+    prep_manifest.write_manifest(folder, prep_manifest.make_manifest("folders", {}, classes, shards, [], class_counts))
+    return os.path.join(folder, prep_manifest.MANIFEST_NAME)
 
 
 def write_dataset(
@@ -115,3 +121,22 @@ def truncate(path: str, keep_fraction: float) -> None:
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(int(size * keep_fraction))
+
+
+GREEN, GREY = (10, 200, 30), 100
+
+
+def transparent_pngs(size: int = 32) -> dict[str, tuple[bytes, tuple[int, int, int]]]:
+    """Mode -> (PNG bytes, opaque colour) of a `size` x `size` image whose left half is transparent (alpha 0, or
+    the transparent palette entry, over a dark colour) and whose right half is opaque."""
+    half = np.arange(size) >= size // 2  # True on the opaque half
+    alpha = np.where(half, 255, 0).astype(np.uint8)[None, :].repeat(size, 0)
+    rgba = np.dstack([np.full((size, size, 3), GREEN, np.uint8), alpha])
+    la = np.dstack([np.full((size, size), GREY, np.uint8), alpha])
+    palette = Image.fromarray(half[None, :].repeat(size, 0).astype(np.uint8), "P")
+    palette.putpalette([*GREEN, *GREEN])  # entry 0 (transparent) and entry 1 (opaque) share the colour
+    return {
+        "RGBA": (encode(Image.fromarray(rgba, "RGBA"), "PNG"), GREEN),
+        "LA": (encode(Image.fromarray(la, "LA"), "PNG"), (GREY,) * 3),
+        "P": (encode(palette, "PNG", transparency=0), GREEN),
+    }

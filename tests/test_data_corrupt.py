@@ -1,11 +1,12 @@
 """Corrupt samples and truncated shards are skipped and counted; odd image modes decode as RGB."""
 
+import numpy as np
 import pytest
 import torch
 
-from pretrain.data import DataError, build_train_loader, load_manifest, train_transform
-from pretrain.data.decode import CorruptSample, decode_sample
-from tests.helpers_shards import encode, make_image, sample, truncate, write_dataset
+from pretrain.data import DataError, build_train_loader, eval_transform, load_manifest, train_transform
+from pretrain.data.decode import CorruptSample, decode_image, decode_sample
+from tests.helpers_shards import encode, make_image, sample, transparent_pngs, truncate, write_dataset
 
 TRANSFORM = train_transform(16)
 
@@ -47,6 +48,18 @@ def test_decode_reports_each_problem():
     for raw in odd_but_valid().values():
         image, _ = decode_sample(raw, TRANSFORM, 10)
         assert image.shape == (3, 16, 16) and image.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_decode_as_white_as_data_prep_makes_them(mode):
+    data, colour = transparent_pngs()[mode]  # 32x32, left half transparent
+    rgb, _ = decode_image(data, np.asarray)  # a plain transform
+    pixels = np.asarray(rgb)
+    assert (pixels[:, :16] == 255).all() and (pixels[:, 16:] == colour).all()
+    whole_image = train_transform(16, scale=(1, 1), ratio=(1, 1), hflip=0)
+    for transform in (whole_image, eval_transform(16)):  # they decode through transforms.decode
+        image, _ = decode_sample(sample("s00000", data, 0, ext="png"), transform, 10)
+        assert (image[:, :, :4] == 255).all()
 
 
 def unshuffled_loader(manifest):

@@ -12,6 +12,7 @@ from PIL import Image
 from data_prep.encode import BadImage, encode_image, target_size
 from data_prep.shards import ShardWriter, sample_bytes, shard_bytes
 from tests.helpers_data_prep import BROKEN, broken_images, good_images, photos
+from tests.helpers_shards import transparent_pngs
 
 
 def test_original_bytes_are_kept_under_the_real_extension():
@@ -51,6 +52,13 @@ def test_alpha_is_composited_on_white():
     data = good_images()["chelsea_alpha.png"]  # left half fully transparent
     decoded = np.asarray(Image.open(io.BytesIO(encode_image(data, resize_shorter=1000, quality=95).data)))
     assert decoded[:, :40].min() >= 250
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_become_white_and_opaque_ones_keep_their_colour(mode):
+    data, colour = transparent_pngs()[mode]  # 32x32, left half transparent
+    decoded = np.asarray(Image.open(io.BytesIO(encode_image(data, resize_shorter=32).data))).astype(int)
+    assert np.abs(decoded[:, :8] - 255).max() <= 2 and np.abs(decoded[:, 24:] - colour).max() <= 2
 
 
 def test_cmyk_becomes_rgb_with_the_same_picture():

@@ -16,6 +16,7 @@ from pretrain.distributed import (
     add_launcher_arguments,
     check_device,
     detect_env,
+    free_port,
     slurm_job_port,
 )
 
@@ -150,12 +151,6 @@ def test_launch_scripts_accept_and_ignore_deepspeeds_local_rank():
 
 # --- real process groups ------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _clean_env() -> dict:
     drop = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
     return {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
@@ -178,14 +173,18 @@ def _check_two_ranks(out: Path, launcher: str, port: int, master_addr: str = "12
         assert record["stop"] is True  # rank 1's signal stops both
 
 
+def _launch_two(out: Path, *launcher: str) -> int:
+    """Run the worker as 2 processes under `launcher` (the command up to its port option); returns the port."""
+    port = free_port()
+    cmd = [sys.executable, *launcher, "--master_port", str(port), str(WORKER), "--out", str(out)]
+    result = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, cwd=out, timeout=LAUNCH_TIMEOUT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return port
+
+
 @pytest.mark.timeout(LAUNCH_TIMEOUT + 20)
 def test_deepspeed_launcher_two_cpu_processes(tmp_path):
-    port = _free_port()
-    cmd = [sys.executable, str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", str(port),
-           str(WORKER), "--out", str(tmp_path)]
-    result = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, cwd=tmp_path,
-                            timeout=LAUNCH_TIMEOUT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    port = _launch_two(tmp_path, str(BIN / "deepspeed"), "--num_accelerators", "2")
     _check_two_ranks(tmp_path, "deepspeed", port)
     # DeepSpeed's CPU all-reduce buffers (66 MiB of RAM per rank) leave no name behind in /dev/shm
     assert sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_127.0.0.1_{port}_*")) == []
@@ -193,12 +192,7 @@ def test_deepspeed_launcher_two_cpu_processes(tmp_path):
 
 @pytest.mark.timeout(LAUNCH_TIMEOUT + 20)
 def test_torchrun_two_processes(tmp_path):
-    port = _free_port()
-    cmd = [sys.executable, str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(port),
-           str(WORKER), "--out", str(tmp_path)]
-    result = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, cwd=tmp_path,
-                            timeout=LAUNCH_TIMEOUT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    port = _launch_two(tmp_path, str(BIN / "torchrun"), "--nproc_per_node", "2")
     _check_two_ranks(tmp_path, "torchrun", port)
 
 

@@ -171,3 +171,11 @@ def test_unreadable_sources(tmp_path, name, message):
         read_state_dict(path)
     assert str(info.value).startswith(message.format(path=path))
     assert "\n" not in str(info.value)
+
+
+def test_a_headless_model_drops_the_checkpoint_head(pretrained):
+    model = make_mixer(num_classes=0, img_size=16, seed=1)
+    report = load_init(model, pretrained.state_dict())
+    assert report.head_dropped
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(model(x), pretrained.forward_head(pretrained.forward_features(x), pre_logits=True))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from pretrain.distributed import free_port
 from pretrain.evaluators.accuracy import EvalAccumulator, load_real_labels, write_metrics
 
 NUM_CLASSES, NUM_SAMPLES = 7, 101
@@ -148,12 +148,6 @@ def _distributed_worker(rank, port, out_dir):
         (out_dir / f"padded{rank}.txt").write_text(message)
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(120)

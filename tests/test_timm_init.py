@@ -8,8 +8,8 @@ import safetensors.torch
 import torch
 from timm.layers import resample_abs_pos_embed
 
+from finetune.head import classifier_keys
 from finetune.init import BackboneInitReport, InitError, load_init
-from finetune.timm_init import classifier_keys
 from pretrain.models import create_model
 
 
@@ -82,3 +82,12 @@ def test_resnet_loads_unchanged_at_another_resolution_from_a_pth(tmp_path):
     ours, theirs = model.state_dict(), pretrained.state_dict()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs if not k.startswith("fc."))
     assert not model.fc.weight.any() and model(torch.randn(1, 3, 96, 96)).abs().max() == 0
+
+
+def test_a_headless_model_drops_the_checkpoint_head_as_a_mixer_does(deit):
+    model = create_model("deit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=4)
+    assert classifier_keys(model) == []
+    report = load_init(model, deit.state_dict())
+    assert report == BackboneInitReport("<state dict>", None, head_dropped=True)
+    ours, theirs = model.state_dict(), deit.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from launch.visualize import main
-from pretrain.models import create_model, mixer_for_weights, save_weights
+from pretrain.models import WeightsError, create_model, mixer_for_weights, save_weights
 from pretrain.weight_images import stem_filters_image, token_mixing_image
 
 
@@ -32,3 +32,10 @@ def test_visualize_writes_the_token_mixing_and_stem_pictures(tmp_path):
     assert (stem.mode, stem.size) == ("RGB", (expected_stem.shape[2] * 3, expected_stem.shape[1] * 3))
     pixel = round(expected_tokens[0, 0, 0].item() * 255)
     assert tokens.getpixel((0, 0)) == tokens.getpixel((2, 2)) == pixel  # each weight drawn as a 3x3 square
+
+
+def test_mixer_for_weights_checks_a_given_image_size_against_the_tokens():
+    state = create_model("mixer_demo").state_dict()  # 8x8 tokens of 4x4 patches
+    assert mixer_for_weights(state, img_size=(16, 64)).grid_size == (4, 16)
+    with pytest.raises(WeightsError, match=r"^the weights: image size 64x64 with patch 4x4 gives grid 16x16 "):
+        mixer_for_weights(state, img_size=64)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pretrain.atomic import atomic_write_text
+from data_prep.atomic import atomic_write_text
 from pretrain.config.errors import ConfigError
 
 T = TypeVar("T")

@@ -3,6 +3,7 @@
 Only the decoding is guarded (bad bytes, truncated images, bad labels); an exception raised by a transform
 after decoding is a bug and propagates.
 
+Images become RGB as data_prep makes them (``data_prep.encode.to_rgb``: transparency composited on white).
 A transform is any callable PIL.Image (RGB) -> tensor. Ours (pretrain.data.transforms) also split into
 `decode(lazy_image) -> (rgb_image, ctx)` and `finish(rgb_image, ctx) -> tensor`, so they can decode a JPEG
 at a reduced size (PIL draft) when the crop allows it.
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from data_prep.encode import to_rgb
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "ppm", "pgm", "pnm")
 DECODE_ERRORS = (
     OSError,
@@ -32,15 +35,6 @@ DECODE_ERRORS = (
 
 class CorruptSample(Exception):
     """A sample that cannot be used: undecodable image, missing image, missing or out-of-range label."""
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, CMYK, palette and alpha images as RGB (alpha dropped)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")
 
 
 def sample_label(raw: dict, num_classes: int) -> int:

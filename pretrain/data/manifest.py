@@ -1,4 +1,8 @@
-"""The shard manifest written by data_prep: loading, validation, shard URLs."""
+"""The shard manifest written by data_prep: loading, validation, shard URLs.
+
+The format (its version and required keys) is data_prep's (``data_prep.manifest.format_problem``); this reader
+adds the types, the counts and the shards' URLs.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import json
 import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
+
+from data_prep.manifest import MANIFEST_NAME, format_problem
 
 
 class DataError(ValueError):
@@ -82,8 +88,8 @@ def _shard(entry: object, root: str, where: str) -> Shard:
 
 
 def load_manifest(path: str) -> Manifest:
-    """Load a manifest from its folder or its manifest.json; local shards must exist."""
-    file = os.path.join(path, "manifest.json") if os.path.isdir(path) else path
+    """Load a manifest from its folder or its manifest.json, in data_prep's format; local shards must exist."""
+    file = os.path.join(path, MANIFEST_NAME) if os.path.isdir(path) else path
     try:
         with open(file, encoding="utf-8") as f:
             doc = json.load(f)
@@ -91,8 +97,9 @@ def load_manifest(path: str) -> Manifest:
         raise DataError(f"manifest not found: {file}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"manifest {file} is unreadable: {exc}") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"manifest {file} must hold a JSON object")
+    problem = format_problem(doc)
+    if problem is not None:
+        raise DataError(f"manifest {file} {problem}")
     root = os.path.dirname(os.path.abspath(file))
     entries = _field(doc, "shards", list, f"manifest {file}")
     shards = tuple(_shard(e, root, f"manifest {file}") for e in entries)

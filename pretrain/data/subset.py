@@ -28,7 +28,7 @@ from pathlib import Path
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext
 
-from pretrain.atomic import atomic_write_text
+from data_prep.atomic import atomic_write_text
 from pretrain.distributed import gather
 
 from .decode import CorruptSample, sample_label

@@ -6,7 +6,6 @@ knows (``deit_small_patch16_224``, ``convit_small``, ``resnet50``, ...), timm's 
 """
 
 import difflib
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ from torch import nn
 
 from pretrain.models.mixer import MlpMixer
 from pretrain.models.timm_models import create_timm_model, is_timm_model, list_timm_models, timm_override_problem
+from pretrain.models.weights import CHANNEL_MIXING_WEIGHT, mixer_shapes
 
 # layers / patch / hidden C / token-mixing D_S / channel-mixing D_C, as in the paper's Table 1.
 _VARIANTS: dict[str, dict[str, int]] = {
@@ -101,14 +101,10 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 def mixer_for_weights(state: Mapping[str, torch.Tensor], img_size: int | tuple[int, int] | None = None) -> MlpMixer:
     """An MlpMixer whose shapes fit the state dict `state` (a square image unless `img_size` is given)."""
-    embed_dim, in_chans, patch_size, _ = state["stem.proj.weight"].shape
-    tokens_dim, num_tokens = state["blocks.0.mlp_tokens.fc1.weight"].shape
-    num_blocks = 1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks."))
-    if img_size is None:
-        side = math.isqrt(num_tokens)
-        if side * side != num_tokens:
-            raise ValueError(f"{num_tokens} tokens do not form a square grid; give the image size")
-        img_size = side * patch_size
-    return MlpMixer(num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0, img_size=img_size,
-                    in_chans=in_chans, patch_size=patch_size, num_blocks=num_blocks, embed_dim=embed_dim,
-                    tokens_dim=tokens_dim, channels_dim=state["blocks.0.mlp_channels.fc1.weight"].shape[0])
+    shapes = mixer_shapes(state, "the weights")
+    grid = shapes.grid(img_size, "the weights")  # checks a given img_size against the token count
+    patch = shapes.patch_size[0]
+    return MlpMixer(num_classes=shapes.num_classes, img_size=grid[0] * patch if img_size is None else img_size,
+                    in_chans=shapes.in_chans, patch_size=patch, num_blocks=shapes.num_blocks,
+                    embed_dim=shapes.embed_dim, tokens_dim=shapes.tokens_dim,
+                    channels_dim=state[CHANNEL_MIXING_WEIGHT].shape[0])

@@ -13,13 +13,18 @@ Accepted files:
 A leading ``module.`` (DataParallel/DDP) on every key is removed. Every key and shape is checked before
 anything is copied, so a wrong variant or class count raises ``WeightsError`` naming the first offending key
 and leaves the model untouched.
+
+``mixer_shapes`` reads a Mixer's sizes from its state dict (for ``mixer_for_weights`` and fine-tuning's token
+grids); ``without_head`` drops a classifier's entries (here and in fine-tuning's head drop).
 """
 
 import argparse
+import math
 import os
 import pickle
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +33,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pretrain.atomic import atomic_path
+from data_prep.atomic import atomic_path
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-_STEM_KEY = "stem.proj.weight"
-_HEAD_PREFIX = "head."
+STEM_WEIGHT = "stem.proj.weight"
+TOKEN_MIXING_WEIGHT = "blocks.0.mlp_tokens.fc1.weight"
+CHANNEL_MIXING_WEIGHT = "blocks.0.mlp_channels.fc1.weight"
+HEAD_PREFIX = "head."
 _LIST_LIMIT = 5
 _READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile, SafetensorError)
 
@@ -41,12 +48,76 @@ class WeightsError(ValueError):
     """A checkpoint that is unreadable, not an MLP-Mixer, or does not fit the model."""
 
 
+@dataclass(frozen=True)
+class MixerShapes:
+    """The sizes of an MLP-Mixer as the tensors of its state dict give them (``num_classes`` 0: no head)."""
+
+    num_classes: int
+    in_chans: int
+    patch_size: tuple[int, int]
+    embed_dim: int
+    num_blocks: int
+    num_tokens: int
+    tokens_dim: int
+
+    def grid(self, img_size: int | tuple[int, int] | None, what: str) -> tuple[int, int]:
+        """The token grid for ``img_size`` (int or (H, W)), checked against the token count; a square grid from
+        the token count when it is None. ``what`` names the model or checkpoint in a WeightsError."""
+        num_tokens, patch = self.num_tokens, self.patch_size
+        if img_size is None:
+            side = math.isqrt(num_tokens)
+            if side * side != num_tokens:
+                raise WeightsError(f"{what} has {num_tokens} tokens, not a square grid; give its image size explicitly")
+            return side, side
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if size[0] % patch[0] or size[1] % patch[1]:
+            raise WeightsError(f"{what}: image size {_fmt(size)} is not a multiple of the patch {_fmt(patch)}")
+        grid = (size[0] // patch[0], size[1] // patch[1])
+        if grid[0] * grid[1] != num_tokens:
+            raise WeightsError(
+                f"{what}: image size {_fmt(size)} with patch {_fmt(patch)} gives grid {_fmt(grid)} "
+                f"({grid[0] * grid[1]} tokens), but its token-mixing weights are for {num_tokens} tokens"
+            )
+        return grid
+
+
+def _fmt(pair: tuple[int, int]) -> str:
+    return f"{pair[0]}x{pair[1]}"
+
+
+def mixer_shapes(state: Mapping[str, torch.Tensor], what: str = "the state dict") -> MixerShapes:
+    """The sizes of the Mixer whose state dict is ``state`` (from its stem, first token-mixing layer and head);
+    a WeightsError naming ``what`` when it has no stem or token mixing."""
+    missing = [k for k in (STEM_WEIGHT, TOKEN_MIXING_WEIGHT) if k not in state]
+    if missing:
+        raise WeightsError(f"{what} is not an MLP-Mixer state dict: it has no {' or '.join(missing)}")
+    embed_dim, in_chans, *patch = state[STEM_WEIGHT].shape
+    tokens_dim, num_tokens = state[TOKEN_MIXING_WEIGHT].shape
+    head = state.get(HEAD_PREFIX + "weight")
+    return MixerShapes(
+        num_classes=0 if head is None else head.shape[0],
+        in_chans=in_chans,
+        patch_size=tuple(patch),
+        embed_dim=embed_dim,
+        num_blocks=1 + max(int(key.split(".")[1]) for key in state if key.startswith("blocks.")),
+        num_tokens=num_tokens,
+        tokens_dim=tokens_dim,
+    )
+
+
+def without_head(
+    state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...] = (HEAD_PREFIX,)
+) -> dict[str, torch.Tensor]:
+    """A copy of ``state`` without the classifier's entries: the keys under ``prefixes`` (a Mixer's: ``head.``)."""
+    return {k: v for k, v in state.items() if not k.startswith(prefixes)}
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, drop_head: bool = False) -> None:
     """Load the checkpoint at ``path`` into an MlpMixer; ``drop_head`` keeps the model's own head."""
     path = Path(path)
     state = read_weights(path)
     if drop_head:
-        state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
+        state = without_head(state)
     _check_fits(model, state, path, drop_head)
     model.load_state_dict(state, strict=not drop_head)
 
@@ -102,9 +173,9 @@ def read_weights(path: str | os.PathLike, mixer: bool = True) -> dict[str, torch
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise WeightsError(f"{path}: cannot read weights: {first_line}") from err
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if mixer and _STEM_KEY not in state:
+    if mixer and STEM_WEIGHT not in state:
         raise WeightsError(
-            f"{path}: not an MLP-Mixer checkpoint (no {_STEM_KEY!r} among its {len(state)} keys)"
+            f"{path}: not an MLP-Mixer checkpoint (no {STEM_WEIGHT!r} among its {len(state)} keys)"
         )
     return state
 
@@ -163,12 +234,10 @@ _FLAX_PARTS = {
 
 def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: Path, drop_head: bool) -> None:
     """Raise WeightsError unless ``state`` has exactly the model's keys (head aside if dropped) and shapes."""
-    expected = model.state_dict()
-    if drop_head:
-        expected = {k: v for k, v in expected.items() if not k.startswith(_HEAD_PREFIX)}
+    expected = without_head(model.state_dict()) if drop_head else model.state_dict()
     for key, value in expected.items():
         if key in state and state[key].shape != value.shape:
-            hint = " (drop_head=True keeps the model's own head)" if key.startswith(_HEAD_PREFIX) else ""
+            hint = " (drop_head=True keeps the model's own head)" if key.startswith(HEAD_PREFIX) else ""
             raise WeightsError(
                 f"{path}: shape mismatch for {key}: checkpoint {tuple(state[key].shape)}, "
                 f"model {tuple(value.shape)}{hint}"
