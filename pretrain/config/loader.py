@@ -1,7 +1,8 @@
 """Strict YAML -> typed dataclass loading, dotted `--set` overrides, and writing the resolved config.
 
 Unknown keys name their full path and the closest valid key; wrong types name the key, the value and the expected
-type. Every dataclass section may define `validate(prefix)` for its value ranges.
+type; a key written twice in one mapping names its path and both lines (plain YAML keeps the last silently). Every
+dataclass section may define `validate(prefix)` for its value ranges.
 """
 
 from __future__ import annotations
@@ -21,6 +22,58 @@ from data_prep.atomic import atomic_write_text
 from pretrain.config.errors import ConfigError
 
 T = TypeVar("T")
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that holds the same key twice (its dotted path and both lines are in the message)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` whose mappings refuse a repeated key instead of keeping the last one.
+
+    Keys brought in by a merge key (`<<: *anchor`) may be overridden, as YAML intends; only keys written twice in
+    the same mapping are errors. Each node's dotted path is recorded as its parent is constructed, so the message
+    names `optim.lr`, not just `lr`.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._paths: dict[int, str] = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        where = self._paths.get(id(node), "")
+        first: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            mark = key_node.start_mark
+            path = _join(where, str(key))
+            try:
+                earlier = first.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if earlier is not None:
+                here, there = f"line {mark.line + 1}", f"line {earlier.line + 1}"
+                if earlier.line == mark.line:  # a flow mapping on one line
+                    here, there = f"{here} column {mark.column + 1}", f"{there} column {earlier.column + 1}"
+                raise DuplicateKeyError(f"duplicate key `{path}` at {here} (first at {there}); each key may "
+                                        "appear once in a mapping")
+            first[key] = mark
+            self._paths[id(value_node)] = path
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list[Any]:
+        where = self._paths.get(id(node), "")
+        for i, child in enumerate(node.value):
+            self._paths[id(child)] = f"{where}[{i}]"
+        return super().construct_sequence(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """`yaml.safe_load` that raises DuplicateKeyError for a key written twice in one mapping."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[str] = ()) -> T:
@@ -29,7 +82,9 @@ def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[st
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -48,7 +103,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-3")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = read_yaml(text) if text.strip() else ""
+    except DuplicateKeyError as err:
+        raise ConfigError(f"--set {item!r}: {err}") from None
     except yaml.YAMLError:
         value = text
     return key.strip(), value
@@ -60,6 +117,10 @@ def validate(cfg: Any, prefix: str = "") -> None:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             validate(value, _join(prefix, f.name))
+        elif isinstance(value, dict):
+            for name, entry in value.items():
+                if dataclasses.is_dataclass(entry):
+                    validate(entry, _join(prefix, f"{f.name}.{name}"))
     if hasattr(cfg, "validate"):
         cfg.validate(prefix)
 
@@ -113,10 +174,16 @@ def _set_path(raw: dict, key: str, value: Any, schema: type) -> None:
     parts = key.split(".")
     node_type: Any = schema
     node = raw
+    in_entry = False  # below a named entry of a `dict[str, Section]` field, whose names all_keys cannot list
     for depth, part in enumerate(parts):
         hints = _hints(node_type) if dataclasses.is_dataclass(node_type) else None
         if hints is not None and part not in hints:
-            raise _unknown(".".join(parts[: depth + 1]), schema)
+            if node_type is schema or not in_entry:
+                raise _unknown(".".join(parts[: depth + 1]), schema)
+            close = difflib.get_close_matches(part, list(hints), n=1, cutoff=0.6)
+            hint = f"; did you mean `{_join('.'.join(parts[:depth]), close[0])}`?" if close else ""
+            raise ConfigError(f"`{'.'.join(parts[: depth + 1])}`: unknown key{hint}")
+        in_entry = in_entry or (hints is None and node_type is not dict)
         if depth == len(parts) - 1:
             node[part] = value
             return
@@ -124,7 +191,13 @@ def _set_path(raw: dict, key: str, value: Any, schema: type) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"`{'.'.join(parts[: depth + 1])}` is not a section; cannot set `{key}`")
         node = child
-        node_type = hints[part] if hints is not None else dict
+        node_type = hints[part] if hints is not None else _entry_type(node_type)
+
+
+def _entry_type(hint: Any) -> Any:
+    """The value type of a `dict[str, Section]` field (`dict` for a free mapping)."""
+    args = typing.get_args(hint)
+    return args[1] if typing.get_origin(hint) is dict and len(args) == 2 else dict
 
 
 def _build(schema: type[T], raw: Mapping[str, Any], prefix: str) -> T:
@@ -160,6 +233,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"`{key}`: {value!r} is not allowed; expected a mapping")
+        entry = _entry_type(hint)
+        if dataclasses.is_dataclass(entry):
+            return {str(name): _coerce(v, entry, _join(key, str(name))) for name, v in value.items()}
         return dict(value)
     return _scalar(value, hint, key)
 

@@ -12,6 +12,9 @@ from typing import Any
 
 from pretrain.config.errors import ConfigError
 
+LOSSES = ("softmax_xent", "sigmoid_xent")
+EVAL_TYPES = ("classification", "fewshot")
+
 
 def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     """Raise a ConfigError naming `key`, `value` and what is allowed unless `ok`."""
@@ -35,6 +38,7 @@ class ModelConfig:
     init: str = "flax"
     gelu: str = "exact"
     grad_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model's forward in place, before DeepSpeed wraps it
 
     def validate(self, prefix: str) -> None:
         require(self.img_size > 0, f"{prefix}.img_size", self.img_size, "a positive integer")
@@ -182,6 +186,7 @@ class TrainConfig:
     grad_accum_dtype: str = "fp32"
     seed: int = 0
     max_bad_steps: int = 10
+    loss: str = "softmax_xent"
 
     def validate(self, prefix: str) -> None:
         require(self.steps > 0, f"{prefix}.steps", self.steps, "a positive integer")
@@ -196,6 +201,7 @@ class TrainConfig:
         require(self.grad_accum_dtype in ("fp32", "bf16", "fp16"), f"{prefix}.grad_accum_dtype",
                  self.grad_accum_dtype, "'fp32', 'bf16' or 'fp16'")
         require(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", self.max_bad_steps, "an integer >= 1")
+        require(self.loss in LOSSES, f"{prefix}.loss", self.loss, " or ".join(repr(k) for k in LOSSES))
         require(not (self.precision == "bf16" and self.zero_stage == 0 and self.grad_accum_dtype == "fp32"),
                 f"{prefix}.grad_accum_dtype", self.grad_accum_dtype,
                 "'bf16' with train.zero_stage 0 (DeepSpeed's ZeRO-0 bf16 path accumulates in bf16), or "
@@ -232,6 +238,62 @@ class LoggingConfig:
 
 
 @dataclass
+class EvalSpec:
+    """One evaluator of `evals`, run every `every_steps` (0: at the end only) and at the end of the run.
+
+    `type: classification` measures top-1/top-5/loss (and ImageNet-ReaL top-1 with `real_labels`) on the shards of
+    `data`; `type: fewshot` fits the paper's linear few-shot probes on frozen pre-logit features of `train` and
+    scores them on `val`. `weights: init` (fine-tuning) evaluates the weights the run started from, once.
+    `preprocess`: 'crop' (timm: resize the shorter side to img_size / crop_pct, center crop) or 'resize' (the
+    official Mixer/ViT protocol: straight to img_size x img_size).
+    """
+
+    type: str = "classification"
+    data: str = ""
+    train: str = ""
+    val: str = ""
+    every_steps: int = 0
+    batch_size: int = 250
+    preprocess: str = "crop"
+    crop_pct: float = 0.875
+    real_labels: str = ""
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10, 25])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    l2_reg: float = 2.0**10
+    weights: str = "trained"
+
+    def validate(self, prefix: str) -> None:
+        require(self.type in EVAL_TYPES, f"{prefix}.type", self.type, " or ".join(repr(t) for t in EVAL_TYPES))
+        if self.type == "classification":
+            require(bool(self.data), f"{prefix}.data", self.data, "the path of a labelled shard folder")
+        else:
+            require(bool(self.train), f"{prefix}.train", self.train, "the shard folder the shots are drawn from")
+            require(bool(self.val), f"{prefix}.val", self.val, "the shard folder the probes are scored on")
+            require(bool(self.shots) and all(s > 0 for s in self.shots), f"{prefix}.shots", self.shots,
+                    "a non-empty list of positive integers")
+            require(bool(self.seeds), f"{prefix}.seeds", self.seeds, "a non-empty list of integers")
+            require(self.l2_reg > 0, f"{prefix}.l2_reg", self.l2_reg, "a positive number")
+        require(self.every_steps >= 0, f"{prefix}.every_steps", self.every_steps,
+                "an integer >= 0 (0: at the end of the run only)")
+        require(self.batch_size > 0, f"{prefix}.batch_size", self.batch_size, "a positive integer")
+        require(self.preprocess in ("crop", "resize"), f"{prefix}.preprocess", self.preprocess,
+                "'crop' (timm: center crop of crop_pct) or 'resize' (official Mixer/ViT: straight to the square)")
+        require(0.0 < self.crop_pct <= 1.0, f"{prefix}.crop_pct", self.crop_pct, "a number in (0, 1]")
+        require(self.weights in ("trained", "init"), f"{prefix}.weights", self.weights,
+                "'trained' (the run's weights at each evaluation) or 'init' (the weights the run started from)")
+
+
+@dataclass
+class EMAConfig:
+    """An exponential moving average of the weights (fp32, every rank), evaluated beside them; decay 0: none."""
+
+    decay: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        require(0.0 <= self.decay < 1.0, f"{prefix}.decay", self.decay, "a number in [0, 1) (0 disables the EMA)")
+
+
+@dataclass
 class PretrainConfig:
     """A whole pretraining run. `deepspeed` holds raw DeepSpeed keys merged over the derived JSON."""
 
@@ -243,6 +305,8 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evals: dict[str, EvalSpec] = field(default_factory=dict)
+    ema: EMAConfig = field(default_factory=EMAConfig)
     deepspeed: dict[str, Any] = field(default_factory=dict)
 
     def permute_patch_size(self) -> int:
@@ -255,7 +319,17 @@ class PretrainConfig:
         return model_patch_size(self.model.name) or 0
 
     def validate(self, prefix: str) -> None:
-        """Checks across sections: the patches of the input permutation must tile the image."""
+        """Checks across sections: EMA needs the full weights on every rank; the permutation's patches and the
+        model's patches tile the image; the raw `deepspeed:` section does not contradict the typed keys."""
+        require(not (self.ema.decay and self.train.zero_stage == 3), "ema.decay", self.ema.decay,
+                "0 with train.zero_stage 3 (the EMA keeps the full weights on every rank; use ZeRO 0-2)")
+        self._check_permute_patches()
+        self._check_model_patches()
+        from pretrain.ds_config import check_raw_deepspeed  # here: ds_config imports this package
+
+        check_raw_deepspeed(self)
+
+    def _check_permute_patches(self) -> None:
         if self.augment.permute != "patches":
             return
         key, value, size = "augment.permute_patch_size", self.augment.permute_patch_size, self.permute_patch_size()
@@ -263,6 +337,23 @@ class PretrainConfig:
         own = "" if value else f" (0 means the model's patch size, {size})"
         img = self.model.img_size
         require(img % size == 0, key, value, f"a divisor of model.img_size ({img}){own}")
+
+    def _check_model_patches(self) -> None:
+        """`model.img_size` is a multiple of the patch (`model.patch_size`, or the Mixer variant's own); a timm
+        model without `model.patch_size` is left to timm."""
+        m = self.model
+        if m.patch_size:
+            patch, whose = m.patch_size, f"model.patch_size ({m.patch_size})"
+        else:
+            from pretrain.models.registry import model_patch_size  # imports torch: only once needed
+
+            patch = model_patch_size(m.name) or 0
+            whose = f"the patch size of {m.name} ({patch})"
+        if not patch or m.img_size % patch == 0:
+            return
+        below = m.img_size // patch * patch
+        nearest = f"{below} or {below + patch}" if below else f"{patch}"
+        require(False, "model.img_size", m.img_size, f"a multiple of {whose}; nearest: {nearest}")
 
 
 def check_against_world(cfg: PretrainConfig, world_size: int) -> int:
