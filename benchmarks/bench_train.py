@@ -1,6 +1,6 @@
 """End-to-end training throughput: our DeepSpeed trainer against a plain PyTorch loop, interleaved in one run.
 
-Both sides read the same shards through the same input pipeline with the same batch. Ours: `pretrain.trainer`'s
+Both sides read the same shards through the same input pipeline with the same batch. Ours: `pretrain.run`'s
 step (DeepSpeed engine, ZeRO stage as given, bf16 = DeepSpeed's bf16 model with fp32 master weights). The peer:
 timm's `MlpMixer` of the same variant, torch AdamW, `torch.autocast` in the same precision, clipping at norm 1 -
 what a PyTorch user writes by hand. Rounds alternate (ours, plain, ours, ...) and medians are reported with
@@ -30,9 +30,11 @@ import torch.nn.functional as F  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.data import normalize_on_device  # noqa: E402
 from pretrain.distributed import detect_env, init_distributed  # noqa: E402
+from pretrain.engine import DTYPES  # noqa: E402
 from pretrain.mfu import mfu, peak_flops  # noqa: E402
 from pretrain.models import mixer_flops_per_image  # noqa: E402
-from pretrain.trainer import DTYPES, Trainer  # noqa: E402
+from pretrain.run import Run  # noqa: E402
+from pretrain.train_data import TrainData  # noqa: E402
 
 TIMM_NAMES = {"mixer_s16": "mixer_s16_224", "mixer_s32": "mixer_s32_224", "mixer_b16": "mixer_b16_224",
               "mixer_b32": "mixer_b32_224", "mixer_l16": "mixer_l16_224", "mixer_l32": "mixer_l32_224"}
@@ -120,15 +122,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data or str(digits_shards(args.img_size, Path(tmp) / "shards"))
         cfg = config(args, data)
-        ours = Trainer(cfg, Path(tmp) / "run", env)
+        ours = Run(cfg, Path(tmp) / "run", env)
         plain = PlainLoop(cfg, env.device)
-        ours_items, plain_items = iter(ours.loader()), iter(ours.loader())
+        ours_items, plain_items = ours.data, TrainData(cfg, env, Path(tmp) / "run", ours.accum)
+
+        def ours_step(item) -> float:
+            return ours.engine.step(ours.micro_batches(item)).loss.item()
+
         for _ in range(2):  # warm-up: oneDNN kernel selection, loader start-up
-            ours.train_step(next(ours_items))
+            ours_step(next(ours_items))
             plain.train_step(next(plain_items))
         results: dict[str, list[tuple[float, float]]] = {"ours": [], "plain": []}
         for _ in range(args.rounds):
-            results["ours"].append(timed_round(ours.train_step, ours_items, args.steps))
+            results["ours"].append(timed_round(ours_step, ours_items, args.steps))
             results["plain"].append(timed_round(plain.train_step, plain_items, args.steps))
         flops = mixer_flops_per_image(ours.engine.module)
         peak, source = peak_flops(env.device, DTYPES[args.precision])

@@ -23,7 +23,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pretrain.distributed import DistributedSetupError
     from pretrain.evaluators.errors import EvalError
     from pretrain.models import WeightsError
-    from pretrain.trainer import TrainingError
+    from pretrain.run import TrainingError
 
     return (ConfigError, DataError, WeightsError, CheckpointError, TrainingError, FinetuneError, EvalError,
             DistributedSetupError)

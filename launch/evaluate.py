@@ -1,8 +1,9 @@
 """Evaluate a model: `python launch/evaluate.py --config CFG --checkpoint PATH [--data VAL_SHARDS] [--fewshot]`.
 
-Exact top-1/top-5/loss/per-class accuracy (each validation sample counted once, also under deepspeed/torchrun/srun),
-optional ImageNet-ReaL and few-shot linear evaluation; results in `<run dir>/metrics.json`. The model is the config's
-`model.name`: a Mixer variant or any timm model.
+Build the model, load the weights, run the evaluators: the config's `data.val` evaluator (`eval`), the few-shot
+one with `--fewshot` (or `fewshot.enabled`), and every entry of `evals`. Exact top-1/top-5/loss/per-class accuracy
+(each validation sample counted once, also under deepspeed/torchrun/srun), optional ImageNet-ReaL; results in
+`<run dir>/metrics.json`. The model is the config's `model.name`: a Mixer variant or any timm model.
 """
 
 from __future__ import annotations
@@ -36,30 +37,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
 
     from finetune.config import FinetuneConfig
-    from finetune.evaluate import evaluate, fewshot
-    from finetune.init import load_init
     from pretrain.config import load_config
-    from pretrain.data import load_manifest
-    from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
-    from pretrain.evaluators.accuracy import write_metrics
-    from pretrain.trainer import DTYPES, build_model
 
-    overrides = [*args.set, f"init.path={args.checkpoint}"] + ([f"data.val={args.data}"] if args.data else [])
+    overrides = [*args.set, f"init.path={args.checkpoint}", "fewshot.weights=[trained]"]
+    overrides += [f"data.val={args.data}"] if args.data else []
+    overrides += ["fewshot.enabled=true"] if args.fewshot else []
     cfg = load_config(args.config, FinetuneConfig, overrides)
+
+    from finetune.init import load_init
+    from finetune.stage import default_evals
+    from pretrain.data import device_preprocess
+    from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
+    from pretrain.engine import DTYPES
+    from pretrain.evaluators.build import build_evaluators
+    from pretrain.evaluators.runner import Evaluations
+    from pretrain.monitor import Monitor
+    from pretrain.run import METRICS, build_model
+
     env = detect_env()
     init_distributed(env)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem / "eval"
+    specs = {**default_evals(cfg), **cfg.evals}
+    evaluators = build_evaluators(specs, cfg, env, exact_classes=True)
     dtype = DTYPES[cfg.train.precision]
     model = build_model(cfg)
     load_init(model, args.checkpoint, drop_head=False)
     model = model.to(env.device, dtype).eval()
-    val = load_manifest(cfg.data.val)
-    metrics = evaluate(model, cfg, val, env, dtype)
-    if args.fewshot:
-        metrics["fewshot"] = fewshot(model, cfg, load_manifest(cfg.data.train), val, env, dtype)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem / "eval"
+    with Monitor(run_dir, env.rank, enabled=False, total_steps=1) as monitor:
+        evaluations = Evaluations(evaluators, specs, total_steps=0, monitor=monitor, metrics_path=run_dir / METRICS,
+                                  rank=env.rank)
+        evaluations.run(evaluations.due(0), model, device_preprocess(cfg, dtype), step=0)
     if rank() == 0:
-        write_metrics(run_dir / "metrics.json", metrics)
-        print(json.dumps({k: metrics[k] for k in ("top1", "top5", "loss", "num_samples")}), flush=True)
+        summary = evaluations.summary()
+        print(json.dumps({k: summary[k] for k in ("top1", "top5", "loss", "num_samples") if k in summary}),
+              flush=True)
     shutdown_distributed()
     return 0
 

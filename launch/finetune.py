@@ -1,6 +1,7 @@
 """Fine-tune a Mixer: `deepspeed launch/finetune.py --config configs/finetune/mixer_l16_in1k.yaml [--set k=v ...]`.
 
-Writes metrics.json (top1, top5, loss, num_samples, per-class and few-shot results) in the run dir at the end.
+Writes metrics.json in the run dir: every evaluation with its step, and at the top level the latest top1, top5,
+loss, num_samples, per-class and few-shot results.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `deepspeed launch/x.py` puts launch/ on sys.path
 
-from launch.cli import rank, run_dir_for, run_main, run_parser
+from pretrain.preemption import PreemptionFlag
+
+PREEMPTION = PreemptionFlag()  # first thing: Slurm's SIGUSR1/SIGTERM during the imports and set-up are kept
+
+from launch.cli import rank, run_dir_for, run_main, run_parser  # noqa: E402  (imports torch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.config import load_config
 
     cfg = load_config(args.config, FinetuneConfig, args.set)  # before the slow imports: a typo fails at once
-    from finetune.trainer import finetune
+    from finetune.stage import FINETUNE
+    from pretrain.run import METRICS, train
 
     run_dir = run_dir_for(args.config, args.run_dir)
-    result, metrics = finetune(cfg, run_dir, resume=args.resume == "auto")
-    if metrics is not None and rank() == 0:
-        summary = {k: metrics[k] for k in ("top1", "top5", "loss", "num_samples")}
-        print(json.dumps(summary), flush=True)
+    result = train(cfg, run_dir, resume=args.resume == "auto", stage=FINETUNE, preemption=PREEMPTION)
+    metrics = run_dir / METRICS
+    if not result.preempted and rank() == 0 and metrics.is_file():
+        summary = json.loads(metrics.read_text())
+        print(json.dumps({k: summary[k] for k in ("top1", "top5", "loss", "num_samples") if k in summary}),
+              flush=True)
     return result.exit_code
 
 

@@ -10,7 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `deepspeed launch/x.py` puts launch/ on sys.path
 
-from launch.cli import run_dir_for, run_main, run_parser
+from pretrain.preemption import PreemptionFlag
+
+PREEMPTION = PreemptionFlag()  # first thing: Slurm's SIGUSR1/SIGTERM during the imports and set-up are kept
+
+from launch.cli import run_dir_for, run_main, run_parser  # noqa: E402  (imports torch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.config import PretrainConfig, load_config
 
     cfg = load_config(args.config, PretrainConfig, args.set)  # before the slow imports: a typo fails at once
-    from pretrain.trainer import train
+    from pretrain.run import train
 
-    result = train(cfg, run_dir_for(args.config, args.run_dir), resume=args.resume == "auto")
+    result = train(cfg, run_dir_for(args.config, args.run_dir), resume=args.resume == "auto", preemption=PREEMPTION)
     return result.exit_code
 
 

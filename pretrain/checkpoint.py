@@ -8,52 +8,51 @@ is collective: every rank calls `save`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
+from typing import Any, Protocol
 
 from data_prep.atomic import atomic_write_text
-from pretrain.distributed import barrier
+from pretrain.distributed import barrier, gather
 
 META = "meta.json"
 POINTER = "latest"
 WEIGHTS = "model.safetensors"
 FINAL = "final.safetensors"
+FINAL_EMA = "final_ema.safetensors"
+# Meta keys a resume must match (the others, such as zero_stage, are recorded for the reader).
+CHECKED = ("model", "img_size", "num_classes", "patch_size", "permute", "world_size", "global_batch", "micro_batch")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed here (another model, another world size, a broken pointer)."""
 
 
-def rng_state() -> dict[str, Any]:
-    """This process's random states (python, numpy, torch CPU and CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
 
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    def load_state_dict(self, state: Any) -> None: ...
 
 
 class Checkpointer:
-    """Saves and restores DeepSpeed engines under `directory`, keeping the newest `keep` complete checkpoints."""
+    """Saves and restores a run under `directory`: the DeepSpeed engine (model, optimizer, schedule) and the
+    `states` of the other components, keeping the newest `keep` complete checkpoints.
 
-    def __init__(self, directory: str | os.PathLike, keep: int, rank: int) -> None:
+    `meta` is what a resume must match (a mismatch is a one-line CheckpointError); `every_steps` sets when
+    `due` says a periodic save is due. `state_dict` of a component may be a collective (every rank calls `save`).
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int, rank: int, *, every_steps: int = 0, engine=None,
+                 states: Mapping[str, Stateful] | None = None, meta: Mapping[str, Any] | None = None) -> None:
         self.dir = Path(directory)
-        self.keep = keep
-        self.rank = rank
+        self.keep, self.rank, self.every_steps = keep, rank, every_steps
+        self.engine = engine
+        self.states = dict(states or {})
+        self.expect = dict(meta or {})
 
     def latest_tag(self) -> str | None:
         pointer = self.dir / POINTER
@@ -67,40 +66,78 @@ class Checkpointer:
     def meta(self, tag: str) -> dict[str, Any]:
         return json.loads((self.dir / tag / META).read_text())
 
-    def save(self, engine, step: int, meta: dict[str, Any], client_state: dict[str, Any]) -> str:
-        """Collective save of `engine` (and its fp32 weights) at `step`; returns the tag once `latest` points at it."""
-        from pretrain.export import export_weights
+    def due(self, step: int) -> bool:
+        """True on the steps of the periodic save."""
+        return bool(self.every_steps) and step % self.every_steps == 0
+
+    def save(self, step: int) -> str:
+        """Collective save at `step`; returns the tag once `latest` points at it. A failed write (a full disk, a
+        quota) is a CheckpointError on every rank, the half-written folder is removed and `latest` stays put."""
+        from pretrain.export import export_weights  # imports DeepSpeed: only where a run saves
+
         tag = f"step-{step:08d}"
+        client_state = {name: component.state_dict() for name, component in self.states.items()}
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.dir / tag, ignore_errors=True)  # a half-written save of the same step
         barrier()
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
-        export_weights(engine, self.dir / tag / WEIGHTS, self.rank)
-        barrier()
+        failure = None
+        try:
+            self.engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+            export_weights(self.engine, self.dir / tag / WEIGHTS, self.rank)
+        except (OSError, RuntimeError) as err:
+            failure = err
+        self._check_written(tag, failure)
         if self.rank == 0:
-            atomic_write_text(self.dir / tag / META, json.dumps({**meta, "step": step}, indent=1))
-            atomic_write_text(self.dir / POINTER, tag + "\n")
+            try:
+                atomic_write_text(self.dir / tag / META, json.dumps({**self.expect, "step": step}, indent=1))
+                atomic_write_text(self.dir / POINTER, tag + "\n")
+            except OSError as err:
+                failure = err
+        self._check_written(tag, failure)
+        if self.rank == 0:
             self._prune(keep_tag=tag)
         barrier()
         return tag
 
-    def load(self, engine, expect: dict[str, Any]) -> dict[str, Any] | None:
-        """Restore `engine` from `latest` after checking `expect` against the saved meta; None if there is none."""
+    def _check_written(self, tag: str, failure: BaseException | None) -> None:
+        """Raise on every rank when any rank failed to write its part of `tag` (a collective)."""
+        failures = [f for f in gather(None if failure is None else str(failure)) if f is not None]
+        if not failures:
+            return
+        if self.rank == 0:
+            shutil.rmtree(self.dir / tag, ignore_errors=True)
+        latest = self.latest_tag()
+        kept = f"{latest} stays the latest checkpoint" if latest else "there is no earlier checkpoint"
+        full = isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT)
+        if full or any("write failed" in f or "No space left" in f for f in failures):
+            raise CheckpointError(
+                f"cannot write checkpoint {self.dir / tag}: no space left on the device (or quota exceeded); {kept}. "
+                f"Keeping checkpoint.keep={self.keep} checkpoints needs room for {self.keep + 1}") from None
+        raise CheckpointError(f"cannot write checkpoint {self.dir / tag}: {failures[0]}; {kept}") from None
+
+    def restore(self) -> str | None:
+        """Restore the engine and every component from `latest` after checking the meta; None if there is none."""
         tag = self.latest_tag()
         if tag is None:
             return None
         saved = self.meta(tag)
-        for key, value in expect.items():
-            if saved.get(key) != value:
+        for key, value in self.expect.items():
+            if key in CHECKED and saved.get(key) != value:
                 raise CheckpointError(
                     f"checkpoint {self.dir / tag} was written with {key}={saved.get(key)!r}, this run has "
                     f"{key}={value!r}; resume with the same setting or start a new run dir")
-        _, client_state = engine.load_checkpoint(
+        _, client_state = self.engine.load_checkpoint(
             str(self.dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
         if client_state is None:
             raise CheckpointError(f"DeepSpeed could not load {self.dir / tag}")
-        return client_state
+        missing = [name for name in self.states if name not in client_state]
+        if missing:
+            raise CheckpointError(f"checkpoint {self.dir / tag} holds no {', '.join(missing)} state; resume with the "
+                                  "settings it was written with or start a new run dir")
+        for name, component in self.states.items():
+            component.load_state_dict(client_state[name])
+        return tag
 
     def _prune(self, keep_tag: str) -> None:
         """Remove incomplete folders and all but the newest `keep` complete checkpoints."""

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +46,18 @@ def format_progress(step: int, total_steps: int, loss: float, lr: float, window:
         f"step {step}/{total_steps} ({100.0 * step / total_steps:.1f}%) | loss {loss:.4f} | lr {lr:.3e} | "
         f"{window.images_per_sec:.1f} img/s | data wait {100.0 * window.data_wait_frac:.0f}% | eta {eta}"
     )
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists become their text."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value) if isinstance(value, (list, tuple)) else value
+    return out
 
 
 class Monitor:
@@ -88,6 +101,19 @@ class Monitor:
         wall_time = time.time()
         for tag, value in scalars.items():
             self._writer.add_scalar(tag, float(value), global_step=step, walltime=wall_time)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """The run's resolved config as a text panel (YAML) and as hparams, so runs can be told apart."""
+        if self._writer is None:
+            return
+        import yaml
+        from torch.utils.tensorboard.summary import hparams
+
+        text = "```yaml\n" + yaml.safe_dump(dict(config), sort_keys=False) + "```"
+        self._writer.add_text("config", text, global_step=0)
+        flat = {k: v for k, v in flatten(config).items() if isinstance(v, (int, float, str, bool))}
+        for summary in hparams(flat, {}):
+            self._writer.file_writer.add_summary(summary)
 
     def log_image(self, tag: str, step: int, image: torch.Tensor) -> None:
         """Write a (C, H, W) or (H, W) image with values in [0, 1] (C is 1 or 3)."""

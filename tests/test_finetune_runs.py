@@ -37,7 +37,7 @@ def pretrained(tmp_path_factory, digits) -> Path:
 def finetune_config(tmp_path: Path, digits, init: Path, **overrides) -> str:
     base = {"data.train": str(digits[0]), "data.val": str(digits[1]), "init.path": str(init),
             "train.steps": 40, "checkpoint.every_steps": 1000, "data.workers": 1, "fewshot.shots": [1, 5],
-            "fewshot.seeds": [0, 1]}
+            "fewshot.seeds": [0, 1], "eval.every_steps": 15}
     return str(write_config(tmp_path / "ft.yaml", "configs/finetune/demo.yaml", {**base, **overrides}))
 
 
@@ -61,6 +61,16 @@ def test_finetune_at_twice_the_resolution_learns(finetuned):
     assert result["top5"] >= result["top1"]
     assert set(result["fewshot"]) == {"1shot", "5shot"}
     assert result["fewshot"]["5shot"]["mean"] > 0.4
+
+
+def test_finetune_evaluates_at_its_cadence_and_few_shot_of_the_init_and_the_trained_weights(finetuned):
+    result = metrics(finetuned[0])
+    assert [(r["name"], r["step"], r["weights"]) for r in result["history"]] == [
+        ("fewshot_init", 0, "init"), ("val", 15, "trained"), ("fewshot", 15, "trained"), ("val", 30, "trained"),
+        ("fewshot", 30, "trained"), ("val", 40, "trained"), ("fewshot", 40, "trained")]
+    assert result["step"] == 40 and result["fewshot_weights"] == "trained"
+    assert result["evals"]["fewshot_init"]["fewshot"]["5shot"]["mean"] > 0.3  # the 40-step pretrained features
+    assert result["history"][-2]["top1"] == result["top1"] and result["fewshot"] == result["history"][-1]["fewshot"]
 
 
 @pytest.mark.parametrize("ranks", [1, 2])

@@ -12,13 +12,22 @@ from einops import rearrange
 from torch import nn
 
 from finetune.config import EvalConfig, FewshotConfig, FinetuneConfig
-from finetune.evaluate import evaluate, fewshot
-from pretrain.config import AugmentConfig, ConfigError, DataConfig, ModelConfig, PretrainConfig, load_config
-from pretrain.data import FixedPermutation, device_preprocess, load_manifest, normalize_on_device
+from finetune.stage import default_evals
+from pretrain.config import (
+    AugmentConfig,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+    TrainConfig,
+    load_config,
+)
+from pretrain.data import FixedPermutation, device_preprocess, normalize_on_device
 from pretrain.distributed import detect_env
+from pretrain.evaluators.build import build_evaluators
 from pretrain.models import create_model
 from pretrain.models.permute_weights import permute_mixer_weights
-from pretrain.trainer import Trainer
+from pretrain.run import Run
 from tests.helpers_models import perturb_
 from tests.helpers_shards import write_dataset
 
@@ -198,6 +207,7 @@ class Recorder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
+        self.head = nn.Identity()
         self.seen: list[torch.Tensor] = []
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,7 +224,7 @@ class Recorder(nn.Module):
 @pytest.mark.timeout(60)
 def test_training_evaluation_and_fewshot_see_the_same_permuted_images(tmp_path):
     manifest_path = write_dataset(str(tmp_path), [20], size=(16, 16))
-    manifest = load_manifest(manifest_path)
+
     env = detect_env({}, cuda=False)
     batch = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
@@ -223,18 +233,19 @@ def test_training_evaluation_and_fewshot_see_the_same_permuted_images(tmp_path):
                              data=DataConfig(train=manifest_path, val=manifest_path, workers=0),
                              augment=AugmentConfig(permute=permute, permute_seed=2),
                              eval=EvalConfig(batch_size=8, crop_pct=1.0),
-                             fewshot=FewshotConfig(enabled=True, shots=[1], seeds=[0]))
+                             fewshot=FewshotConfig(enabled=True, shots=[1], seeds=[0]),
+                             train=TrainConfig(micro_batch=4, global_batch=4))
         out = {}
-        model = Recorder()
-        evaluate(model, cfg, manifest, env, torch.float32)
-        out["evaluate"] = torch.cat(model.seen)
-        model = Recorder()
-        fewshot(model, cfg, manifest, manifest, env, torch.float32)
-        out["fewshot"] = torch.cat(model.seen)
+        preprocess = device_preprocess(cfg, torch.float32)
+        evaluators = build_evaluators(default_evals(cfg), cfg, env, exact_classes=False)
+        for name, where in (("val", "evaluate"), ("fewshot", "fewshot")):
+            model = Recorder()
+            evaluators[name](model, preprocess)
+            out[where] = torch.cat(model.seen)
         mixed = []
-        trainer = SimpleNamespace(preprocess=device_preprocess(cfg, torch.float32), env=env, step=0, has_gpsa=False,
-                                  mixup=lambda x, y, step, rank: (mixed.append(x) or x, y))
-        Trainer.micro_batch(trainer, batch, torch.zeros(4, dtype=torch.long), 0)
+        run = SimpleNamespace(cfg=cfg, accum=1, preprocess=preprocess, env=env, state=SimpleNamespace(step=0),
+                              has_gpsa=False, mixup=lambda x, y, step, rank: (mixed.append(x) or x, y))
+        Run.micro_batches(run, {"image": batch, "label": torch.zeros(4, dtype=torch.long)})
         out["train"] = mixed[0]
         return out
 

@@ -12,8 +12,8 @@ from pretrain.config import ConfigError, PretrainConfig, load_config
 from pretrain.export import full_fp32_state_dict
 from pretrain.mfu import forward_flops_per_image
 from pretrain.models import WeightsError, create_model, is_mixer, mixer_flops_per_image, read_weights
+from pretrain.run import build_model, model_flops_per_image
 from pretrain.run_length import resolve_run_length
-from pretrain.trainer import build_model, model_flops_per_image
 
 TINY = {"num_classes": 10, "img_size": 32, "patch_size": 4}
 
@@ -134,9 +134,9 @@ def test_reading_weights_of_other_models(tmp_path):
 @pytest.mark.parametrize("stem, name", [("deit_s", "deit_small_patch16_224"), ("convit_s", "convit_small")])
 def test_deit_recipe_configs_hold_their_arithmetic(stem, name):
     cfg = load_config(f"configs/{stem}.yaml", PretrainConfig)
-    resolve_run_length(cfg, 1_281_167, 1_281_167)  # ImageNet-1k's training images
+    length = resolve_run_length(cfg, 1_281_167, 1_281_167)  # ImageNet-1k's training images
     assert (cfg.model.name, cfg.train.epochs, cfg.schedule.warmup_epochs) == (name, 300, 5)
-    assert (cfg.train.steps, cfg.schedule.warmup_steps) == (375_342, 6_256)  # 300 x 1281167 / 1024, rounded up
+    assert (length.steps, length.warmup_steps) == (375_342, 6_256)  # 300 x 1281167 / 1024, rounded up
     assert cfg.optim.lr == pytest.approx(5e-4 * cfg.train.global_batch / 512)
     assert (cfg.optim.weight_decay, cfg.optim.grad_clip, cfg.model.drop_path_rate) == (0.05, 0.0, 0.1)
     assert (cfg.augment.mixup, cfg.augment.cutmix, cfg.augment.label_smoothing, cfg.augment.random_erasing) == (

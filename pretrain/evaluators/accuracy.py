@@ -14,7 +14,6 @@ name (the eval loader's ``batch["source"]``) in ``load_real_labels(path)``'s tab
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pretrain.atomic import atomic_path
+from data_prep.atomic import atomic_write_json
 
 REAL_FILE_NAME = "ILSVRC2012_val_{:08d}.JPEG"
 REAL_KEY_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})")
@@ -235,9 +234,5 @@ def load_real_labels(path: str | Path, keys: Iterable[str] | None = None) -> dic
 
 
 def write_metrics(path: str | Path, metrics: Mapping) -> None:
-    """Write ``metrics`` as indented JSON atomically (temporary file in the same directory, then rename)."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``metrics`` as indented JSON atomically and durably (temporary file, fsync, rename)."""
+    atomic_write_json(path, metrics)

@@ -1,0 +1,49 @@
+"""Fine-tuning as a stage of the run: the model starts from `init.path` (expanded to `model.img_size`, with a new
+zero head), the data must have the head's classes, and `data.val` is evaluated by default (`eval`, `fewshot`).
+
+Everything else (engine, input pipeline, checkpoints, resume, preemption, monitoring, evaluators) is the run's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from finetune.config import FinetuneConfig
+from finetune.head import replace_head
+from finetune.init import load_init
+from pretrain.config.schema import EvalSpec
+from pretrain.run import Stage, build_model
+
+log = logging.getLogger(__name__)
+
+
+def build_finetune_model(cfg: FinetuneConfig) -> nn.Module:
+    """The configured network with the init weights loaded and, with `init.drop_head`, a new zero head."""
+    model = build_model(cfg)
+    report = load_init(model, cfg.init.path, drop_head=cfg.init.drop_head)
+    log.info("init: %s", report)
+    if cfg.init.drop_head:
+        replace_head(model, cfg.model.num_classes)
+    return model
+
+
+def default_evals(cfg: FinetuneConfig) -> dict[str, EvalSpec]:
+    """`val`: accuracy on `data.val` every `eval.every_steps` and at the end; with `fewshot.enabled`, the linear
+    few-shot probes (shots from `data.train`, scored on `data.val`) of the init weights (`fewshot_init`, the paper's
+    metric of the pretrained representation) and of the fine-tuned weights (`fewshot`), as `fewshot.weights` says."""
+    if not cfg.data.val:
+        return {}
+    e, f = cfg.eval, cfg.fewshot
+    common = dict(every_steps=e.every_steps, batch_size=e.batch_size, preprocess=e.preprocess, crop_pct=e.crop_pct)
+    specs = {"val": EvalSpec(type="classification", data=cfg.data.val, real_labels=e.real_labels, **common)}
+    if f.enabled:
+        for weights in f.weights:
+            name = "fewshot" if weights == "trained" else "fewshot_init"
+            specs[name] = EvalSpec(type="fewshot", train=cfg.data.train, val=cfg.data.val, shots=list(f.shots),
+                                   seeds=list(f.seeds), l2_reg=f.l2_reg, weights=weights, **common)
+    return specs
+
+
+FINETUNE = Stage(build_finetune_model, default_evals, exact_classes=True)

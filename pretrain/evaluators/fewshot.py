@@ -1,0 +1,60 @@
+"""The few-shot evaluator: the paper's linear n-shot accuracy of frozen pre-logit features (fewshot_lsr.py).
+
+Features of the `train` and `val` shard sets are extracted in lockstep on every rank (ZeRO-3-safe), gathered to
+every rank with their sample keys and put in key order before the shots are drawn, so the n-shot sets depend
+neither on `data.workers` nor on the world size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pretrain.config import PretrainConfig
+from pretrain.config.schema import EvalSpec
+from pretrain.distributed import DistEnv, gather
+from pretrain.evaluators.classification import spec_loader
+from pretrain.evaluators.fewshot_lsr import FewShotError, fewshot_accuracy
+from pretrain.evaluators.forward import evaluation_mode, pre_logits
+from pretrain.evaluators.lockstep import lockstep
+
+
+class FewshotEvaluator:
+    """n-shot linear-probe accuracy per `spec.shots`, averaged over `spec.seeds`."""
+
+    def __init__(self, name: str, spec: EvalSpec, cfg: PretrainConfig, env: DistEnv) -> None:
+        self.name, self.spec, self.cfg, self.env = name, spec, cfg, env
+        self.train_manifest, self.train_loader = spec_loader(spec, spec.train, cfg, env)
+        self.val_manifest, self.val_loader = spec_loader(spec, spec.val, cfg, env)
+
+    def features(self, model: nn.Module, loader, preprocess) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels of every sample of `loader` over all ranks, in sample-key order."""
+        device, size = self.env.device, self.cfg.model.img_size
+        feats, labels, keys = [], [], []
+        with evaluation_mode(model):
+            for batch in lockstep(loader, device):
+                if batch is None:
+                    pre_logits(model, preprocess(torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)))
+                    continue
+                feats.append(pre_logits(model, preprocess(batch["image"].to(device, non_blocking=True))).cpu())
+                labels.append(batch["label"])
+                keys += batch["key"]
+        mine = (torch.cat(feats).numpy() if feats else None, torch.cat(labels).numpy() if labels else None, keys)
+        parts = [p for p in gather(mine) if p[0] is not None]
+        if not parts:
+            raise FewShotError("the few-shot sets yielded no samples: no features to extract")
+        all_keys = [k for p in parts for k in p[2]]
+        order = np.argsort(np.array(all_keys, dtype=object), kind="stable")
+        return np.concatenate([p[0] for p in parts])[order], np.concatenate([p[1] for p in parts])[order]
+
+    def __call__(self, model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
+        train_x, train_y = self.features(model, self.train_loader, preprocess)
+        test_x, test_y = self.features(model, self.val_loader, preprocess)
+        s = self.spec
+        classes = max(self.train_manifest.num_classes, self.val_manifest.num_classes)
+        return fewshot_accuracy(train_x, train_y, test_x, test_y, shots=tuple(s.shots), seeds=tuple(s.seeds),
+                                l2_reg=s.l2_reg, num_classes=classes)

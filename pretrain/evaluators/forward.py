@@ -1,0 +1,47 @@
+"""The evaluation forward pass: pre-logit features in the model's dtype, logits in float32.
+
+bf16 logits near 10 are rounded to 1/16, which turns close classes into ties broken by index; the head is applied
+in float32 to the features instead. The model's own parameters (ViT's position embedding, class token) and its
+head are gathered once for a whole pass under ZeRO-3, where calling `forward_features` and the head directly
+would otherwise meet them partitioned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finetune.head import classifier
+from pretrain.evaluators.lockstep import gathered, is_zero3
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode, no autograd, the root's own and the head's parameters gathered; the mode is put back after."""
+    was_training = model.training
+    head = classifier(model)
+    params = list(model.parameters(recurse=False)) + list(head.parameters())
+    model.eval()
+    try:
+        with torch.no_grad(), gathered(params, is_zero3(model)):
+            yield
+    finally:
+        model.train(was_training)
+
+
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the head sees, in float32."""
+    return model.forward_head(model.forward_features(x), pre_logits=True).float()
+
+
+def logits_fp32(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class scores with the (linear) head applied in float32; other heads run as the model runs them."""
+    head = classifier(model)
+    if not isinstance(head, nn.Linear):
+        return model(x).float()
+    bias = None if head.bias is None else head.bias.float()
+    return F.linear(pre_logits(model, x), head.weight.float(), bias)

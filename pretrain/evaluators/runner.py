@@ -1,0 +1,120 @@
+"""The run's evaluators, each at its own cadence: which are due, running them (on the EMA too), the record.
+
+Every evaluation is one record `{"step", "name", "type", "weights", ...metrics}`; the records are a checkpoint
+component (a resume continues the history), go to TensorBoard as `eval/<name>/<metric>` (`ema_<metric>` for the
+EMA, `<n>shot` for few-shot) and to `metrics.json` (the history, the latest record of each evaluator, and at the
+top level the latest classification and few-shot results of the trained weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrain.config.schema import EvalSpec
+from pretrain.ema import EMA
+from pretrain.evaluators.accuracy import write_metrics
+from pretrain.monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[nn.Module, Callable[[torch.Tensor], torch.Tensor]], dict[str, Any]]
+SCALARS = ("top1", "top5", "loss", "real_top1")
+
+
+def scalars_of(record: Mapping[str, Any]) -> dict[str, float]:
+    """The TensorBoard scalars of one record, under `eval/<name>/`."""
+    prefix = f"eval/{record['name']}/" + ("ema_" if record["weights"] == "ema" else "")
+    if record["type"] == "fewshot":
+        return {f"{prefix}{shots}": res["mean"] for shots, res in record["fewshot"].items()}
+    return {f"{prefix}{k}": record[k] for k in SCALARS if record.get(k) is not None}
+
+
+class Evaluations:
+    """Runs `evaluators` (name -> callable) as their `specs` say, on the trained weights and on the `ema`."""
+
+    def __init__(self, evaluators: Mapping[str, Evaluator], specs: Mapping[str, EvalSpec], total_steps: int,
+                 monitor: Monitor, metrics_path: Path, rank: int, ema: EMA | None = None) -> None:
+        self.evaluators, self.specs = dict(evaluators), dict(specs)
+        self.total_steps, self.monitor, self.metrics_path, self.rank, self.ema = (
+            total_steps, monitor, metrics_path, rank, ema)
+        self.history: list[dict[str, Any]] = []
+
+    def due(self, step: int) -> list[str]:
+        """The evaluators of the trained weights whose cadence falls on `step` (the last step: all of them)."""
+        names = []
+        for name, spec in self.specs.items():
+            if spec.weights == "init" or self.done(name, step):
+                continue
+            if step >= self.total_steps or (spec.every_steps and step % spec.every_steps == 0):
+                names.append(name)
+        return names
+
+    def done(self, name: str, step: int | None = None) -> bool:
+        return any(r["name"] == name and (step is None or r["step"] == step) for r in self.history)
+
+    def run_initial(self, model: nn.Module, preprocess, step: int) -> None:
+        """The `weights: init` evaluators, once, before the first update."""
+        names = [n for n, s in self.specs.items() if s.weights == "init" and not self.done(n)]
+        if names and step == 0:
+            self._run(names, model, preprocess, step, weights="init")
+
+    def run(self, names: list[str], model: nn.Module, preprocess, step: int) -> None:
+        self._run(names, model, preprocess, step, weights="trained")
+        if self.ema is not None:
+            with self.ema.swapped_in():
+                self._run(names, model, preprocess, step, weights="ema")
+
+    def _run(self, names: list[str], model: nn.Module, preprocess, step: int, weights: str) -> None:
+        for name in names:
+            spec = self.specs[name]
+            result = self.evaluators[name](model, preprocess)
+            record = {"step": step, "name": name, "type": spec.type, "weights": weights}
+            record.update({"fewshot": result} if spec.type == "fewshot" else result)
+            self.history.append(record)
+            self.monitor.log_scalars(step, scalars_of(record))
+            log.info("step %d eval %s (%s weights): %s", step, name, weights,
+                     ", ".join(f"{k.rsplit('/', 1)[-1]} {v:.4f}" for k, v in scalars_of(record).items()))
+        self.write()
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The newest record of each evaluator and weights, keyed `<name>` (`<name>/ema` for the EMA)."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.history:
+            out[r["name"] + ("/ema" if r["weights"] == "ema" else "")] = r
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What `metrics.json` holds."""
+        latest = self.latest()
+        out: dict[str, Any] = {}
+        first_cls = next((r for r in latest.values() if r["type"] == "classification" and r["weights"] != "ema"),
+                         None)
+        if first_cls is not None:
+            out.update({k: v for k, v in first_cls.items() if k not in ("name", "type", "weights")})
+        fewshot = [r for r in latest.values() if r["type"] == "fewshot" and r["weights"] != "ema"]
+        first_fs = next((r for r in fewshot if r["weights"] == "trained"), fewshot[0] if fewshot else None)
+        if first_fs is not None:
+            out["fewshot"] = first_fs["fewshot"]
+            out["fewshot_weights"] = first_fs["weights"]
+            out.setdefault("step", first_fs["step"])
+        out["evals"] = latest
+        out["history"] = [{k: v for k, v in r.items() if k != "per_class_accuracy"} for r in self.history]
+        return out
+
+    def write(self) -> None:
+        if self.rank == 0 and self.history:
+            write_metrics(self.metrics_path, self.summary())
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return list(self.history)
+
+    def load_state_dict(self, history: list[dict[str, Any]]) -> None:
+        self.history = list(history)
+
+
