@@ -24,6 +24,9 @@ POINTER = "latest"
 WEIGHTS = "model.safetensors"
 FINAL = "final.safetensors"
 FINAL_EMA = "final_ema.safetensors"
+# What a write into a full disk or over a quota raises: the OS's message, or torch's zip writer after a short write
+# ("[enforce fail at inline_container.cc:672] . unexpected pos ...", "file write failed").
+SHORT_WRITE = ("No space left", "Disk quota exceeded", "write failed", "inline_container")
 # Meta keys a resume must match (the others, such as zero_stage, are recorded for the reader).
 CHECKED = ("model", "img_size", "num_classes", "patch_size", "permute", "world_size", "global_batch", "micro_batch")
 
@@ -110,7 +113,7 @@ class Checkpointer:
         latest = self.latest_tag()
         kept = f"{latest} stays the latest checkpoint" if latest else "there is no earlier checkpoint"
         full = isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT)
-        if full or any("write failed" in f or "No space left" in f for f in failures):
+        if full or any(marker in f for f in failures for marker in SHORT_WRITE):
             raise CheckpointError(
                 f"cannot write checkpoint {self.dir / tag}: no space left on the device (or quota exceeded); {kept}. "
                 f"Keeping checkpoint.keep={self.keep} checkpoints needs room for {self.keep + 1}") from None
