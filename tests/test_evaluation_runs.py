@@ -10,6 +10,7 @@ a resumed EMA is bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def evals(digits, every_val: int, every_fewshot: int, batch_size: int = 100) -> 
                     "every_steps": every_fewshot, "batch_size": batch_size}}}
 
 
+def config_text(run_dir: Path) -> str:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    (event,) = acc.Tensors("config/text_summary")
+    return event.tensor_proto.string_val[0].decode()
+
+
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -66,6 +76,8 @@ def test_pretraining_runs_each_evaluator_at_its_cadence_and_at_the_end(tmp_path,
     assert result["num_samples"] == VAL_SAMPLES and result["step"] == 14
     assert [v for _, v in tags["eval/val/top1"]][-1] == pytest.approx(result["top1"])
     assert set(result["fewshot"]) == {"1shot", "5shot"} and result["fewshot_weights"] == "trained"
+    text = config_text(tmp_path / "run")  # the resolved config, so runs can be told apart in TensorBoard
+    assert "global_batch: 64" in text and f"data: {digits[1]}" in text
 
 
 def test_zero3_evaluation_with_uneven_rank_shares_finishes_and_counts_every_sample_once(tmp_path, digits):
@@ -103,11 +115,14 @@ def test_fewshot_results_do_not_depend_on_workers_or_world_size(tmp_path, digits
 
 def test_logged_lr_is_the_lr_of_that_steps_update(tmp_path, digits):
     cfg = pretrain_config(tmp_path, digits[0], **{"train.steps": 8, "schedule.warmup_steps": 3,
-                                                  "optim.lr": 0.002})
+                                                  "optim.lr": 0.002, "train.loss": "sigmoid_xent"})
     proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"))
     assert proc.returncode == 0, failure(proc)
     schedule = ScheduleConfig(name="cosine", warmup_steps=3)
-    logged = scalars(tmp_path / "run")["train/lr"]
+    tags = scalars(tmp_path / "run")
+    # The head starts at zero: every logit is 0, so the sigmoid loss is 10 classes x ln 2 on the first step.
+    assert tags["train/loss"][0][1] == pytest.approx(10 * math.log(2), rel=1e-6)
+    logged = tags["train/lr"]
     assert [s for s, _ in logged] == list(range(1, 9))
     for step, lr in logged:  # step k is logged after the update made at 0-based step k - 1
         assert lr == pytest.approx(0.002 * lr_factor(step - 1, 8, schedule), rel=1e-6), step
