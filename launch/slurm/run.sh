@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Run a training entry point as one Slurm task per GPU and requeue the job when the trainer asks for it.
+# Run a training entry point as Slurm tasks (one per GPU, or CPU ranks) and requeue the job when the trainer asks.
 #
 #   bash launch/slurm/run.sh PYTHON SCRIPT [ARGS...]      (from a batch script, in the repository root)
 #
 # Every task gets its rank from SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS (pretrain/distributed.py), so no hostfile
-# is needed. When a task receives SIGUSR1 (time limit near) or SIGTERM (preemption), the trainer saves a
-# checkpoint and exits with PREEMPTED_EXIT_CODE (pretrain/preemption.py); this script then runs
-# `scontrol requeue`, and the requeued job resumes from that checkpoint (--resume auto).
+# is needed. When a task receives SIGUSR1 (time limit near) or SIGTERM (preemption, scancel, scontrol requeue), the
+# trainer saves a checkpoint and exits with PREEMPTED_EXIT_CODE (pretrain/preemption.py). This script then decides
+# what follows from who sent the signal (docs/slurm.md, "Time limits and preemption"):
+#   - Slurm requeues the job itself (`scontrol requeue`, preemption in requeue mode): its restart count has gone up
+#     since this run started; nothing to do.
+#   - the job was cancelled (`scancel`): the batch shell got SIGTERM too and Slurm names neither a time limit nor a
+#     preemption; it stays cancelled (resubmit with the same RUN_DIR to resume).
+#   - anything else (SIGUSR1 before the time limit, a preemption's grace-time SIGTERM, the time limit itself, a
+#     preemption in cancel mode): `scontrol requeue`, and the requeued job resumes from the checkpoint
+#     (--resume auto).
 set -uo pipefail
 
 PREEMPTED_EXIT_CODE=75
@@ -18,8 +25,19 @@ if [ "$#" -lt 2 ]; then
     exit 2
 fi
 
-# Slurm signals the batch shell too on preemption; without a trap bash would die before the tasks finish saving.
-trap 'echo "run.sh: got SIGTERM, waiting for the tasks to save their checkpoint" >&2' TERM
+# The restart count this run started with (Slurm sets it from the first requeue on).
+restarts_at_start=${SLURM_RESTART_COUNT:-0}
+srun_pid=
+
+# Slurm sends SIGTERM to the batch shell when it ends the job (scancel, scontrol requeue, a preemption without grace
+# time, the time limit), at the same moment as to the tasks; without a trap bash would die before the tasks finish
+# saving. srun gets it too, and asks to kill the tasks, but Slurm refuses to signal the steps of a job it is already
+# ending ("Job step aborted: Waiting up to N seconds"), so the tasks have KillWait seconds to save and exit.
+got_term=0
+trap 'got_term=1; echo "run.sh: got SIGTERM, waiting for the tasks to save their checkpoint" >&2' TERM
+# SIGUSR1 for the batch shell (`#SBATCH --signal=B:USR1@300`, `scancel --signal=USR1 --batch` or `--full`): pass it
+# on to the tasks through srun (which forwards it), instead of dying of it.
+trap 'echo "run.sh: got SIGUSR1, passing it on to the tasks" >&2; [ -n "$srun_pid" ] && kill -USR1 "$srun_pid" 2>/dev/null' USR1
 
 # Once one task has ended, the others get this many seconds to end too before srun kills them: enough for ranks
 # that stop together after a checkpoint, and a crashed rank does not leave the rest hanging in a collective.
@@ -40,12 +58,39 @@ if [ "$rc" -ne "$PREEMPTED_EXIT_CODE" ]; then
     echo "run.sh: training exited with status $rc"
     exit "$rc"
 fi
-restarts=${SLURM_RESTART_COUNT:-0}
-if [ "$restarts" -ge "$MAX_REQUEUES" ]; then
-    echo "run.sh: checkpoint saved, but job ${SLURM_JOB_ID:-?} was already requeued $restarts times; not again" >&2
+
+# What Slurm says about the job now. While the job ends, JobState reads COMPLETING whatever it ends as, so the
+# decision rests on the restart count, the reason (TimeLimit) and the preemption time.
+job_field() {  # job_field NAME: the value of NAME=... in `scontrol -o show job`, empty when absent
+    [[ " $job_info " =~ \ $1=([^ ]*) ]] && echo "${BASH_REMATCH[1]}"
+}
+job_info=$(scontrol -o show job "${SLURM_JOB_ID:?}" 2>/dev/null) || job_info=
+restarts_now=$(job_field Restarts)
+if [[ "$restarts_now" =~ ^[0-9]+$ ]] && [ "$restarts_now" -gt "$restarts_at_start" ]; then
+    echo "run.sh: checkpoint saved; Slurm has requeued job $SLURM_JOB_ID itself (restart $restarts_now), it resumes" \
+         "from the checkpoint"
+    exit 0
+fi
+if [ "$got_term" -eq 1 ]; then
+    reason=$(job_field Reason)
+    preempt_time=$(job_field PreemptTime)
+    if [ -z "$job_info" ]; then
+        echo "run.sh: checkpoint saved, but scontrol cannot tell whether job $SLURM_JOB_ID was cancelled;" \
+             "not requeueing it: resubmit with the same RUN_DIR to resume" >&2
+        exit "$rc"
+    fi
+    if [ "$reason" != "TimeLimit" ] && { [ -z "$preempt_time" ] || [ "$preempt_time" = "None" ]; }; then
+        echo "run.sh: checkpoint saved; job $SLURM_JOB_ID was cancelled, so it is not requeued (resubmit with the" \
+             "same RUN_DIR to resume)"
+        exit "$rc"
+    fi
+fi
+
+if [ "$restarts_at_start" -ge "$MAX_REQUEUES" ]; then
+    echo "run.sh: checkpoint saved, but job $SLURM_JOB_ID was already requeued $restarts_at_start times; not again" >&2
     exit "$rc"
 fi
-echo "run.sh: checkpoint saved after a preemption signal; requeueing job ${SLURM_JOB_ID:?} (restart $((restarts + 1)))"
+echo "run.sh: checkpoint saved after a preemption signal; requeueing job $SLURM_JOB_ID (restart $((restarts_at_start + 1)))"
 if ! scontrol requeue "$SLURM_JOB_ID"; then
     echo "run.sh: scontrol requeue failed; resubmit with the same RUN_DIR to resume" >&2
     exit "$rc"
