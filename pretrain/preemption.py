@@ -5,26 +5,39 @@ Slurm sends SIGUSR1 before the time limit (``#SBATCH --signal=USR1@300``) and SI
 handler only records the signal; the training loop checks :func:`any_rank_requested` after a step, so every
 rank stops after the same step, writes its checkpoint and exits with :data:`PREEMPTED_EXIT_CODE`, which
 ``launch/slurm/run.sh`` answers with ``scontrol requeue``.
+
+Slurm signals every process of the step, the DataLoader workers included (so does ``kill -TERM -PGID``). A
+worker killed by it makes its rank fail with "DataLoader worker (pid N) is killed by signal" before the
+checkpoint, so the loaders start their workers under :func:`worker_signals_blocked` with
+:func:`shield_worker` as ``worker_init_fn``: a worker ignores SIGTERM, SIGUSR1 and SIGINT and the main
+process decides. A worker still ends when its DataLoader shuts it down (which sends SIGTERM from the parent
+after a 5 s grace, and is how ``multiprocessing`` ends daemonic children at exit), when its main process
+has gone (the DataLoader's parent watchdog; an orphan also obeys SIGTERM and SIGINT again), and on SIGKILL.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from types import FrameType
-
-import torch
-import torch.distributed as dist
 
 # EX_TEMPFAIL from sysexits.h ("temporary failure, retry later"); launch/slurm/run.sh holds the same number.
 PREEMPTED_EXIT_CODE = 75
 DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# What a data worker leaves to its main process: the preemption signals, and Ctrl-C (the terminal sends SIGINT to
+# the whole foreground process group; the main process stops on it and shuts its workers down).
+WORKER_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class PreemptionFlag:
     """Set when one of ``signals`` arrives; restores the previous handlers on :meth:`close`.
 
-    Must be created in the main thread (Python delivers signals there).
+    Must be created in the main thread (Python delivers signals there). Importing this module does not import
+    torch, so an entry point sets the flag up first thing, before the seconds of imports and set-up.
     """
 
     def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS) -> None:
@@ -61,9 +74,57 @@ def any_rank_requested(flag: PreemptionFlag) -> bool:
     A collective: every rank must call it at the same steps. On NCCL the result is read back from the GPU,
     which waits for the queued work; the warning comes minutes ahead, so checking every few steps is enough.
     """
+    import torch  # here, so that the flag itself can be set up before torch is imported
+    import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag.requested
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     requested = torch.tensor([int(flag.requested)], dtype=torch.int32, device=device)
     dist.all_reduce(requested, op=dist.ReduceOp.MAX)
     return bool(requested.item())
+
+
+@contextmanager
+def worker_signals_blocked() -> Iterator[None]:
+    """Block :data:`WORKER_SIGNALS` in this thread meanwhile, so that a worker process forked here starts with them
+    blocked (the mask is inherited) and no signal can kill it before :func:`shield_worker` runs.
+
+    This process loses nothing: such a signal goes to another of its threads, or waits until the block ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # workers forked from another thread get no head start; shield_worker still shields them
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def shield_worker(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: leave SIGTERM, SIGUSR1 and SIGINT to the main process.
+
+    The signals stay blocked in every thread of the worker and one thread takes them: SIGTERM from the parent
+    (the DataLoader's and ``multiprocessing``'s way to stop a worker that does not end by itself) exits at once,
+    as the DataLoader's own handler does, and once the parent has gone SIGTERM or SIGINT end the worker; any
+    other is dropped. Not plain SIG_IGN: the DataLoader would then be unable to stop a stuck worker, and a
+    process exiting with its iterator still alive would wait for its workers forever. Children the worker
+    starts (``pipe:`` shards) inherit the blocked mask, so they survive a SIGTERM to the whole group too.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
+    parent = os.getppid()
+    creator = multiprocessing.parent_process()  # the main process, also where a fork server forked the worker
+    stoppers = {parent} | ({creator.pid} if creator is not None else set())
+    threading.Thread(target=_take_worker_signals, args=(parent, stoppers), name="worker-signals",
+                     daemon=True).start()
+
+
+def _take_worker_signals(parent: int, stoppers: set[int]) -> None:
+    while True:
+        info = signal.sigwaitinfo(WORKER_SIGNALS)
+        if info.si_signo == signal.SIGTERM and info.si_pid in stoppers:
+            os._exit(0)
+        orphaned = os.getppid() != parent  # as the DataLoader's watchdog tells
+        if orphaned and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+            os._exit(128 + info.si_signo)

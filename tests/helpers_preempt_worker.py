@@ -1,8 +1,9 @@
 """A training loop stand-in for the preemption test.
 
-Prints ``step N`` after each step; step 3 blocks until a line arrives on stdin, so the test can signal the
-process in the middle of a step. Stops after the first step that ends with the request seen, "saves" and
-exits with PREEMPTED_EXIT_CODE.
+Prints ``step N`` after each step; step 3 prints ``inside step 3`` and blocks until a line arrives on stdin, so
+the test signals the process once it is known to be in the middle of a step (a signal sent after ``step 2``
+alone could land before step 2's check). Stops after the first step that ends with the request seen, "saves"
+and exits with PREEMPTED_EXIT_CODE.
 """
 
 import sys
@@ -18,6 +19,7 @@ def main() -> int:
         print("ready", flush=True)
         for step in range(1, 100):
             if step == 3:
+                print("inside step 3", flush=True)  # past step 2's check: a signal from now on is step 3's
                 sys.stdin.readline()  # a long step: the signal arrives while we wait here
             print(f"step {step}", flush=True)
             if any_rank_requested(flag):

@@ -18,8 +18,8 @@ def test_sigusr1_stops_a_running_loop_after_the_current_step():
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
-        assert [proc.stdout.readline() for _ in range(2)] == ["step 1\n", "step 2\n"]
-        proc.send_signal(signal.SIGUSR1)  # the worker is blocked inside step 3
+        assert [proc.stdout.readline() for _ in range(3)] == ["step 1\n", "step 2\n", "inside step 3\n"]
+        proc.send_signal(signal.SIGUSR1)  # the worker said it is blocked inside step 3
         proc.stdin.write("go\n")
         proc.stdin.flush()
         out, err = proc.communicate(timeout=30)

@@ -9,6 +9,9 @@ Each batch also carries the samples' source file names (`batch["source"]`): the 
 the sample's `json` member as data_prep writes it (e.g. "ILSVRC2012_val_00000001.JPEG"), "" where a sample
 has no json member or its json has no string `path`; a json member that is not JSON makes the sample corrupt.
 ImageNet-ReaL labels are looked up by this name (data_prep renumbers the keys).
+
+The workers leave SIGTERM, SIGUSR1 and SIGINT to the main process, as the training loader's do
+(pretrain/preemption.py): a preemption during an evaluation must not kill them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..preemption import shield_worker, worker_signals_blocked
 from .decode import CorruptSample, decode_sample
 from .manifest import Manifest
 from .shard_reader import read_pieces
@@ -106,7 +110,9 @@ class EvalLoader:
 
     def __iter__(self) -> Iterator[dict]:
         self.corrupt = self.truncated = 0
-        for item in self._loader:
+        with worker_signals_blocked():  # the (persistent) workers are forked by the first pass
+            items = iter(self._loader)
+        for item in items:
             if "skipped" in item:
                 self.corrupt += item["skipped"]["corrupt"]
                 self.truncated += item["skipped"]["truncated"]
@@ -148,6 +154,12 @@ def build_eval_loader(
     # A private generator: creating the iterator then draws no number from torch's global RNG.
     private = torch.Generator()
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=private, **extra
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=private,
+        worker_init_fn=shield_worker,
+        **extra,
     )
     return EvalLoader(loader, num_samples)

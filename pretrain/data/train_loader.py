@@ -8,6 +8,9 @@ the DataLoader's in-order round robin delivers steps k0, k0+1, ... Each item:
      "corrupt": corrupt samples skipped so far, "truncated": short shards met so far (this rank)}
 Rows [a*m, (a+1)*m) are micro-batch a (virtual rank r*A + a). The trainer keeps the `state` of the last
 item it consumed, gathers all ranks' states, and resumes with merge_states(...) of them.
+
+The workers leave SIGTERM, SIGUSR1 and SIGINT to the main process, which checkpoints on a preemption (Slurm, like
+`kill -TERM -PGID`, signals every process, the workers too); see pretrain/preemption.py.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..preemption import shield_worker, worker_signals_blocked
 from .manifest import Manifest
 from .rng import preserved_globals
 from .sample_stream import SampleStream, StreamState
@@ -109,7 +113,8 @@ class TrainLoader:
 
     def __next__(self) -> dict:
         if self._iter is None:
-            self._iter = iter(self._loader)
+            with worker_signals_blocked():  # the workers are forked here
+                self._iter = iter(self._loader)
         item = next(self._iter)
         if item["step"] != self.next_step:
             raise RuntimeError(f"data loader delivered step {item['step']}, expected {self.next_step}")
@@ -177,6 +182,12 @@ def build_train_loader(
     # A private generator: creating the iterator then draws no number from torch's global RNG.
     private = torch.Generator()
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory, generator=private, **extra
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=private,
+        worker_init_fn=shield_worker,
+        **extra,
     )
     return TrainLoader(loader, layout, first_step, states)
