@@ -4,13 +4,19 @@ Layout under `checkpoints/`: `step-00001000/` (DeepSpeed's files, the full fp32 
 `meta.json` written last by rank 0), `latest` (the tag of the newest complete checkpoint). A kill during a save
 leaves `latest` on the previous one; the half-written folder is removed by the next save. `engine.save_checkpoint`
 is collective: every rank calls `save`.
+
+A checkpoint resumes on any world size and ZeRO stage: where its layout (meta `world_size`, `zero_stage`,
+`precision`, `grad_accum_dtype`) differs from the run's, it is loaded through its universal copy
+`step-00001000.universal/`, converted once and pruned with it (`pretrain/universal.py`).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +24,17 @@ from typing import Any, Protocol
 
 from data_prep.atomic import atomic_write_text
 from pretrain.distributed import barrier, gather
+from pretrain.universal import (
+    FAILED_SUFFIX,
+    PARTIAL_SUFFIX,
+    UNIVERSAL_SUFFIX,
+    ConversionError,
+    describe,
+    engine_layout,
+    layout_changes,
+)
+
+log = logging.getLogger(__name__)
 
 META = "meta.json"
 POINTER = "latest"
@@ -27,8 +44,10 @@ FINAL_EMA = "final_ema.safetensors"
 # What a write into a full disk or over a quota raises: the OS's message, or torch's zip writer after a short write
 # ("[enforce fail at inline_container.cc:672] . unexpected pos ...", "file write failed").
 SHORT_WRITE = ("No space left", "Disk quota exceeded", "write failed", "inline_container")
-# Meta keys a resume must match (the others, such as zero_stage, are recorded for the reader).
-CHECKED = ("model", "img_size", "num_classes", "patch_size", "permute", "world_size", "global_batch", "micro_batch")
+# Meta keys a resume must match. The layout keys (world_size, zero_stage, precision, grad_accum_dtype) may differ:
+# the engine state is then loaded through the checkpoint's universal copy (pretrain/universal.py).
+CHECKED = ("model", "img_size", "num_classes", "patch_size", "permute", "global_batch", "micro_batch")
+TAG = re.compile(r"step-\d+")
 
 
 class CheckpointError(ValueError):
@@ -45,8 +64,10 @@ class Checkpointer:
     """Saves and restores a run under `directory`: the DeepSpeed engine (model, optimizer, schedule) and the
     `states` of the other components, keeping the newest `keep` complete checkpoints.
 
-    `meta` is what a resume must match (a mismatch is a one-line CheckpointError); `every_steps` sets when
-    `due` says a periodic save is due. `state_dict` of a component may be a collective (every rank calls `save`).
+    `meta` is what a resume must match (a mismatch is a one-line CheckpointError), and the layout (world size,
+    ZeRO stage), which may differ; the engine's precision and gradient accumulation dtype are added to it.
+    `every_steps` sets when `due` says a periodic save is due. `state_dict` of a component may be a collective
+    (every rank calls `save`).
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int, rank: int, *, every_steps: int = 0, engine=None,
@@ -55,7 +76,7 @@ class Checkpointer:
         self.keep, self.rank, self.every_steps = keep, rank, every_steps
         self.engine = engine
         self.states = dict(states or {})
-        self.expect = dict(meta or {})
+        self.expect = {**(meta or {}), **engine_layout(getattr(engine, "ds", engine))}
 
     def latest_tag(self) -> str | None:
         pointer = self.dir / POINTER
@@ -80,9 +101,11 @@ class Checkpointer:
 
         tag = f"step-{step:08d}"
         client_state = {name: component.state_dict() for name, component in self.states.items()}
+        client_state.update(universal_checkpoint_info())
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(self.dir / tag, ignore_errors=True)  # a half-written save of the same step
+            shutil.rmtree(self.dir / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)  # converted from the old one
         barrier()
         failure = None
         try:
@@ -120,7 +143,10 @@ class Checkpointer:
         raise CheckpointError(f"cannot write checkpoint {self.dir / tag}: {failures[0]}; {kept}") from None
 
     def restore(self) -> str | None:
-        """Restore the engine and every component from `latest` after checking the meta; None if there is none."""
+        """Restore the engine and every component from `latest` after checking the meta; None if there is none.
+
+        A checkpoint of another layout (world size, ZeRO stage, precision) is loaded through its universal copy,
+        converted first where there is none (collective: every rank calls `restore`)."""
         tag = self.latest_tag()
         if tag is None:
             return None
@@ -130,8 +156,12 @@ class Checkpointer:
                 raise CheckpointError(
                     f"checkpoint {self.dir / tag} was written with {key}={saved.get(key)!r}, this run has "
                     f"{key}={value!r}; resume with the same setting or start a new run dir")
-        _, client_state = self.engine.load_checkpoint(
-            str(self.dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        changed = layout_changes(saved, self.expect)
+        if changed:
+            client_state = self._restore_universal(tag, saved, changed)
+        else:
+            _, client_state = self.engine.load_checkpoint(
+                str(self.dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
         if client_state is None:
             raise CheckpointError(f"DeepSpeed could not load {self.dir / tag}")
         missing = [name for name in self.states if name not in client_state]
@@ -142,13 +172,51 @@ class Checkpointer:
             component.load_state_dict(client_state[name])
         return tag
 
+    def _restore_universal(self, tag: str, saved: Mapping[str, Any], changed: list[str]) -> dict[str, Any]:
+        from pretrain import universal
+
+        folder = self.dir / tag
+        ours = {k: self.expect.get(k) for k in universal.LAYOUT if k in self.expect}
+        written, here = describe(saved), describe(ours)
+        if self.rank == 0:
+            copy = universal.universal_dir(folder)
+            log.info("checkpoint %s was written with %s; this run has %s: loading it through its universal copy "
+                     "%s (%s)", tag, written, here, copy.name, "reused" if copy.is_dir() else "converting it now")
+        engine = getattr(self.engine, "ds", self.engine)
+        try:
+            client_state = universal.restore(engine, folder, self.rank)
+        except ConversionError as err:
+            raise CheckpointError(
+                f"cannot resume checkpoint {folder} (written with {written}) with {here} ({', '.join(changed)} "
+                f"differ): {err}; resume with {written} or start a new run dir") from None
+        return client_state
+
     def _prune(self, keep_tag: str) -> None:
-        """Remove incomplete folders and all but the newest `keep` complete checkpoints."""
-        tags = sorted(p.name for p in self.dir.glob("step-*") if p.is_dir())
+        """Remove incomplete folders and all but the newest `keep` complete checkpoints, each with its universal
+        copy; and what a killed conversion left."""
+        tags = sorted(p.name for p in self.dir.glob("step-*") if p.is_dir() and TAG.fullmatch(p.name))
         complete = [t for t in tags if (self.dir / t / META).is_file()]
         doomed = [t for t in tags if t not in complete and t != keep_tag] + complete[: -self.keep]
         for tag in doomed:
             shutil.rmtree(self.dir / tag, ignore_errors=True)
+        kept = set(complete) - set(doomed)
+        for path in self.dir.glob("step-*"):
+            derived = path.name.endswith(UNIVERSAL_SUFFIX) and path.name[: -len(UNIVERSAL_SUFFIX)] not in kept
+            if path.is_dir() and (derived or path.name.endswith(PARTIAL_SUFFIX)):
+                shutil.rmtree(path, ignore_errors=True)
+            elif FAILED_SUFFIX in path.name and path.is_file():
+                path.unlink(missing_ok=True)
+
+
+def universal_checkpoint_info() -> dict[str, Any]:
+    """What DeepSpeed's ds_to_universal wants in the client state (it refuses a checkpoint without it)."""
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
 
 def resolve_weights(path: str | os.PathLike) -> Path:

@@ -1,11 +1,14 @@
 """Every rank's random streams (Python, NumPy, torch CPU and CUDA) as one checkpointable component.
 
-Saved as the list of all ranks' states (collective). A resume on as many ranks restores each rank's own; a rank
-the checkpoint has no state for (the job grew) is seeded from (seed, rank), the way a fresh run seeds it.
+Saved as the list of all ranks' states (collective). A resume restores each rank's own where the checkpoint has
+it; a rank it has none for (the job grew) gets streams derived from (seed, rank, the checkpoint's rank-0 torch
+state): the same on every resume from that checkpoint, and never the streams a fresh run gives that rank (which
+seeding from (seed, rank) alone would replay, e.g. after 4 -> 2 -> 4 ranks), nor another rank's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from typing import Any
@@ -56,6 +59,18 @@ class RNGStates:
         if self.rank < len(states):
             set_rng_state(states[self.rank])
             return
-        log.warning("checkpoint holds random states for %d ranks; rank %d starts from seed %d", len(states),
-                    self.rank, self.seed)
-        seed_rank(self.seed, self.rank)
+        derived = derived_seed(self.seed, self.rank, states)
+        log.info("checkpoint holds random states for %d ranks; rank %d gets streams derived from it (seed %d)",
+                 len(states), self.rank, derived)
+        random.seed(derived)
+        np.random.seed(derived % 2**32)
+        torch.manual_seed(derived)  # every device's generator too
+
+
+def derived_seed(seed: int, rank: int, states: list[dict[str, Any]]) -> int:
+    """A seed for `rank`, which `states` (a checkpoint's, for fewer ranks) lacks: a hash of (seed, rank, rank 0's
+    saved torch state), so that each checkpoint gives each new rank its own streams, alike on every resume."""
+    digest = hashlib.blake2b(f"rng/{seed}/{rank}".encode(), digest_size=8)
+    if states:
+        digest.update(states[0]["torch"].numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little") % 2**63
