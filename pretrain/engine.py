@@ -1,9 +1,11 @@
 """The engine component: model, optimizer and LR schedule inside a DeepSpeed engine, one optimizer step at a time.
 
-A step is `accum` micro-batches. A non-finite loss on any rank (one tiny all-reduce per micro-batch) makes that
-micro-batch contribute a zero gradient through the same parameters (a forward on zeros times 0, so every rank's
-ZeRO hooks fire alike) and the step applies no update (learning rate 0 for it). Its state (weights, optimizer
-moments, schedule) is saved and restored by DeepSpeed through the Checkpointer.
+A step is `accum` micro-batches. Under ZeRO 1-3 (and fp16) DeepSpeed's optimizer finds a non-finite gradient norm
+itself, on every rank alike, and skips the update and the schedule: the step is counted bad and the schedule put
+back on the step count, with no host sync of ours. Under ZeRO-0 a non-finite loss on any rank (one tiny all-reduce
+per micro-batch) makes that micro-batch contribute a zero gradient through the same parameters (a forward on zeros
+times 0, so every rank's hooks fire alike) and the step applies no update (learning rate 0 for it). Its state
+(weights, optimizer moments, schedule) is saved and restored by DeepSpeed through the Checkpointer.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ class Engine:
             dist_init_required=False)
 
     @property
+    def engine_skips_non_finite(self) -> bool:
+        """DeepSpeed's ZeRO optimizers (and its fp16 loss scaler) skip an update whose gradient norm is not finite,
+        so a step needs no check of its own per micro-batch (and no host sync)."""
+        return self.cfg.train.zero_stage >= 1 or self.cfg.train.precision == "fp16"
+
+    @property
     def module(self) -> nn.Module:
         return self.ds.module
 
@@ -63,10 +71,32 @@ class Engine:
         return classification_loss(self.cfg.train.loss, logits, target, self.cfg.augment.label_smoothing)
 
     def step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> StepResult:
-        """One optimizer step over the given (inputs, targets) micro-batches."""
+        """One optimizer step over the given (inputs, targets) micro-batches; the loss stays on the device."""
+        lr = self.optimizer.param_groups[0]["lr"]  # the schedule's value for this update
+        if self.engine_skips_non_finite:
+            losses = [self._micro_step(x, y) for x, y in micro_batches]
+            bad = False
+        else:
+            losses, bad = self._guarded_micro_steps(micro_batches)
+        mean = torch.full((), float("nan")) if bad else torch.stack(losses).mean()
+        if not self.ds.was_step_applied():
+            # DeepSpeed skipped the update (a non-finite gradient norm, found alike on every rank by its optimizer)
+            # and with it the schedule: a bad step, and the schedule stays on the step count.
+            bad = True
+            self.scheduler.step()
+        return StepResult(mean, lr, bad)
+
+    def _micro_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.loss(self.ds(x), y)
+        self.ds.backward(loss)
+        self.ds.step()
+        return loss.detach()
+
+    def _guarded_micro_steps(self, micro_batches) -> tuple[list[torch.Tensor], bool]:
+        """ZeRO-0 without a loss scaler applies non-finite gradients: each micro-batch's loss is checked on every
+        rank (a host sync) and a bad one contributes a zero gradient instead; the step then applies no update."""
         bad = False
         losses = []
-        lr = self.optimizer.param_groups[0]["lr"]  # the schedule's value for this update
         for a, (x, y) in enumerate(micro_batches):
             loss = self.loss(self.ds(x), y)
             if not all_ranks_finite(loss):
@@ -79,15 +109,7 @@ class Engine:
             self.ds.backward(loss)
             self.ds.step()
             losses.append(loss.detach())
-        mean = torch.full((), float("nan")) if bad else torch.stack(losses).mean()
-        if not self.ds.was_step_applied():
-            # DeepSpeed skipped the update itself (its bf16/fp16 optimizer: a non-finite gradient norm, on every
-            # rank alike) and with it the schedule: count a bad step and keep the schedule on the step count.
-            if not bad:
-                log.warning("DeepSpeed skipped this update: the gradient norm was not finite (the loss was)")
-            bad = True
-            self.scheduler.step()
-        return StepResult(mean, lr, bad)
+        return losses, bad
 
     def grad_norm(self) -> float | None:
         norm = self.ds.get_global_grad_norm()

@@ -163,19 +163,8 @@ class Run:
         timer, window = StepTimer(), []
         try:
             while state.step < steps:
-                item = next(self.data)
-                timer.data_ready()
-                result = self.engine.step(self.micro_batches(item))
-                state.advance(self.cfg.train.global_batch, result.bad)
-                if self.ema is not None:
-                    self.ema.update()
-                timer.step_done(self.cfg.train.global_batch)
+                item, result = self.step(timer)
                 window.append(result)
-                if state.bad_in_a_row >= self.cfg.train.max_bad_steps:
-                    raise TrainingError(
-                        f"{state.bad_in_a_row} steps in a row had a non-finite loss (step {state.step}); stopping. "
-                        f"The last good checkpoint is {self.checkpointer.latest_tag() or 'none'} in "
-                        f"{self.checkpointer.dir}")
                 if self.monitor.due(state.step):
                     self.log_metrics(window, timer, item)
                     window = []
@@ -198,6 +187,26 @@ class Run:
             self.data.close()
         self.finish()
         return TrainResult(state.step, False, state.bad_steps, 0)
+
+    def step(self, timer: StepTimer) -> tuple[dict[str, Any], StepResult]:
+        """One optimizer step on the next batch, the EMA after it; stops the run after too many bad steps."""
+        state = self.state
+        item = next(self.data)
+        timer.data_ready()
+        result = self.engine.step(self.micro_batches(item))
+        state.advance(self.cfg.train.global_batch, result.bad)
+        if self.ema is not None:
+            self.ema.update()
+        timer.step_done(self.cfg.train.global_batch)
+        if result.bad and self.env.rank == 0:
+            log.warning("step %d: non-finite loss or gradient norm; no update (%d in a row)", state.step,
+                        state.bad_in_a_row)
+        if state.bad_in_a_row >= self.cfg.train.max_bad_steps:
+            raise TrainingError(
+                f"{state.bad_in_a_row} steps in a row had a non-finite loss or gradient norm (step {state.step}); "
+                f"stopping. The last good checkpoint is {self.checkpointer.latest_tag() or 'none'} in "
+                f"{self.checkpointer.dir}")
+        return item, result
 
     def save_on_preemption(self) -> None:
         """A checkpoint at this step, unless it falls in a non-finite streak (`latest` then stays the last good)."""

@@ -103,7 +103,7 @@ def test_fewshot_results_do_not_depend_on_workers_or_world_size(tmp_path, digits
         "model.img_size": 32, "data.train": str(digits[0]), "data.val": str(digits[1]), "train.precision": "fp32",
         "fewshot.shots": [1, 5], "fewshot.seeds": [0, 1, 2]})
     results = {}
-    for ranks, workers in ((1, 1), (1, 2), (2, 1), (2, 2)):
+    for ranks, workers in ((1, 1), (1, 2), (2, 1)):
         out = tmp_path / f"eval-{ranks}-{workers}"
         proc = run(EVALUATE, ranks, "--config", str(ft), "--checkpoint", str(tmp_path / "pre"), "--fewshot",
                    "--run-dir", str(out), "--set", f"data.workers={workers}")
