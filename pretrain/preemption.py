@@ -71,18 +71,31 @@ class PreemptionFlag:
 def any_rank_requested(flag: PreemptionFlag) -> bool:
     """True on every rank when any rank got a signal.
 
-    A collective: every rank must call it at the same steps. On NCCL the result is read back from the GPU,
-    which waits for the queued work; the warning comes minutes ahead, so checking every few steps is enough.
+    A collective: every rank must call it at the same steps. It runs on the CPU over gloo (on NCCL jobs a gloo
+    group of its own, made at the first call), so the host never waits for the GPU's queued work.
     """
     import torch  # here, so that the flag itself can be set up before torch is imported
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag.requested
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    requested = torch.tensor([int(flag.requested)], dtype=torch.int32, device=device)
-    dist.all_reduce(requested, op=dist.ReduceOp.MAX)
+    requested = torch.tensor([int(flag.requested)], dtype=torch.int32)
+    dist.all_reduce(requested, op=dist.ReduceOp.MAX, group=_cpu_group())
     return bool(requested.item())
+
+
+_CPU_GROUP: list = []
+
+
+def _cpu_group():
+    """The default group where it is gloo; else one gloo group over all ranks, made once (collectively)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        return None
+    if not _CPU_GROUP:
+        _CPU_GROUP.append(dist.new_group(backend="gloo"))
+    return _CPU_GROUP[0]
 
 
 @contextmanager
