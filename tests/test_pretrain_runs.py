@@ -197,3 +197,37 @@ def test_subset_run_in_epochs_saves_resolved_steps_and_refuses_another_subset_on
     message = other.stderr.strip().splitlines()[-1]
     assert message.startswith(f"error: cannot resume the data order: it was saved with subset={cache['name']} "
                               "(data.subset_fraction / data.subset_seed), this run has subset=0.2/seed0/"), message
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """True once the process has a handler for `signum` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask >> (signum - 1) & 1)
+
+
+def test_sigusr1_in_the_first_second_is_kept_until_the_first_step(tmp_path, shards):
+    cfg = config(tmp_path, shards, **{"train.steps": 400, "checkpoint.every_steps": 100})
+    job = start(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"))
+    deadline = time.monotonic() + 30
+    while not _catches(job.pid, signal.SIGUSR1) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not (tmp_path / "run" / "tensorboard").exists()  # still importing: long before the process group
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=300) == 75
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000001"
+
+
+def test_a_resume_after_the_last_checkpoint_writes_the_missing_final_weights(tmp_path, shards):
+    cfg = config(tmp_path, shards, **{"train.steps": 4, "checkpoint.every_steps": 4})
+    proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, failure(proc)
+    final = final_weights(tmp_path / "run")
+    (tmp_path / "run" / "final.safetensors").unlink()  # as if killed between the last checkpoint and the export
+    proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto")
+    assert proc.returncode == 0, failure(proc)
+    again = final_weights(tmp_path / "run")
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
