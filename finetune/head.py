@@ -18,14 +18,8 @@ import torch
 from torch import nn
 
 from finetune.errors import InitError
+from pretrain.models.timm_models import classifier
 from pretrain.models.weights import without_head
-
-
-def classifier(model: nn.Module) -> nn.Module:
-    """The model's classifier module: ``get_classifier()`` where the model has it (timm), else ``head``."""
-    if hasattr(model, "get_classifier"):
-        return model.get_classifier()
-    return model.head
 
 
 def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -15,16 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.head import classifier
 from pretrain.evaluators.lockstep import gathered, is_zero3
+from pretrain.models.timm_models import classifier
 
 
 @contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode, no autograd, the root's own and the head's parameters gathered; the mode is put back after."""
     was_training = model.training
-    head = classifier(model)
-    params = list(model.parameters(recurse=False)) + list(head.parameters())
+    heads = classifier(model)
+    heads = heads if isinstance(heads, tuple) else (heads,)
+    params = list(model.parameters(recurse=False)) + [p for head in heads for p in head.parameters()]
     model.eval()
     try:
         with torch.no_grad(), gathered(params, is_zero3(model)):
@@ -39,7 +40,8 @@ def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def logits_fp32(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Class scores with the (linear) head applied in float32; other heads run as the model runs them."""
+    """Class scores with the (linear) head applied in float32; other heads (two of a distilled model, say) run as the
+    model runs them."""
     head = classifier(model)
     if not isinstance(head, nn.Linear):
         return model(x).float()

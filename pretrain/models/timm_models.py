@@ -73,3 +73,11 @@ def create_timm_model(name: str, **overrides: Any) -> nn.Module:
     if kwargs.get("img_size") is None or "img_size" not in _constructor(name)[1]:
         kwargs.pop("img_size", None)
     return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def classifier(model: nn.Module) -> nn.Module | tuple[nn.Module, ...]:
+    """The model's classifier module(s): ``get_classifier()`` where the model has it (timm; a distilled model gives
+    two), else ``head``."""
+    if hasattr(model, "get_classifier"):
+        return model.get_classifier()
+    return model.head
