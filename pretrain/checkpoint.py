@@ -76,7 +76,7 @@ class Checkpointer:
         self.keep, self.rank, self.every_steps = keep, rank, every_steps
         self.engine = engine
         self.states = dict(states or {})
-        self.expect = {**(meta or {}), **engine_layout(getattr(engine, "ds", engine))}
+        self.expect = {**(meta or {}), **engine_layout(engine)}
 
     def latest_tag(self) -> str | None:
         pointer = self.dir / POINTER
@@ -182,9 +182,8 @@ class Checkpointer:
             copy = universal.universal_dir(folder)
             log.info("checkpoint %s was written with %s; this run has %s: loading it through its universal copy "
                      "%s (%s)", tag, written, here, copy.name, "reused" if copy.is_dir() else "converting it now")
-        engine = getattr(self.engine, "ds", self.engine)
         try:
-            client_state = universal.restore(engine, folder, self.rank)
+            client_state = universal.restore(self.engine, folder, self.rank)
         except ConversionError as err:
             raise CheckpointError(
                 f"cannot resume checkpoint {folder} (written with {written}) with {here} ({', '.join(changed)} "

@@ -5,7 +5,7 @@ itself, on every rank alike, and skips the update and the schedule: the step is 
 back on the step count, with no host sync of ours. Under ZeRO-0 a non-finite loss on any rank (one tiny all-reduce
 per micro-batch) makes that micro-batch contribute a zero gradient through the same parameters (a forward on zeros
 times 0, so every rank's hooks fire alike) and the step applies no update (learning rate 0 for it). Its state
-(weights, optimizer moments, schedule) is saved and restored by DeepSpeed through the Checkpointer.
+(weights, optimizer moments, schedule) is saved and restored by the Checkpointer through `ds`, the DeepSpeed engine.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ class StepResult:
 class Engine:
     """The DeepSpeed engine over `model` (built and loaded by the stage) with our optimizer and schedule."""
 
-    def __init__(self, cfg: PretrainConfig, env: DistEnv, model: nn.Module, length: RunLength, accum: int) -> None:
+    def __init__(self, cfg: PretrainConfig, env: DistEnv, model: nn.Module, length: RunLength) -> None:
         if cfg.train.precision == "fp16" and env.device.type == "cpu":
             raise ConfigError("`train.precision`: 'fp16' is not supported by DeepSpeed on a CPU; use bf16 or fp32")
-        self.cfg, self.env, self.accum = cfg, env, accum
+        self.cfg, self.env = cfg, env
         self.dtype = DTYPES[cfg.train.precision]
         optimizer = build_optimizer(model, cfg.optim, env.device)
         schedule = dataclasses.replace(cfg.schedule, warmup_steps=length.warmup_steps)
@@ -114,12 +114,6 @@ class Engine:
     def grad_norm(self) -> float | None:
         norm = self.ds.get_global_grad_norm()
         return None if norm is None else float(norm)
-
-    def save_checkpoint(self, *args, **kwargs):
-        return self.ds.save_checkpoint(*args, **kwargs)
-
-    def load_checkpoint(self, *args, **kwargs):
-        return self.ds.load_checkpoint(*args, **kwargs)
 
 
 def all_ranks_finite(loss: torch.Tensor) -> bool:

@@ -24,7 +24,7 @@ from pretrain.config import PretrainConfig, check_against_world, save_config, to
 from pretrain.config.schema import EvalSpec
 from pretrain.config.startup import check_warmup, check_workers
 from pretrain.convit_stats import convit_scalars, gpsa_layers
-from pretrain.data import MixupPerStep, device_preprocess, load_manifest
+from pretrain.data import MixupPerStep, check_head_classes, device_preprocess, load_manifest
 from pretrain.distributed import DistEnv, detect_env, init_distributed, shutdown_distributed
 from pretrain.ema import EMA
 from pretrain.engine import Engine, StepResult
@@ -113,7 +113,7 @@ class Run:
         self.length = resolve_run_length(cfg, self.data.full_samples, self.data.manifest.num_samples)
         if env.rank == 0:
             check_warmup(self.length, cfg)
-        self.data.check_classes(cfg.model.num_classes, exact=stage.exact_classes)
+        check_head_classes(self.data.manifest, cfg.data.train, cfg.model.num_classes, stage.exact_classes)
         specs = {**stage.default_evals(cfg), **cfg.evals}
         evaluators = build_evaluators(specs, cfg, env, stage.exact_classes)  # bad eval data fails before training
         model = stage.build_model(cfg)
@@ -125,7 +125,7 @@ class Run:
         if cfg.model.compile:
             model.compile()  # in place: parameter names, checkpoints and exports stay those of the model
         self.rng = RNGStates(cfg.train.seed, env.rank)  # dropout / drop-path differ per rank
-        self.engine = Engine(cfg, env, model, self.length, self.accum)
+        self.engine = Engine(cfg, env, model, self.length)
         self.state = TrainState()
         self.ema = EMA(self.engine.module, cfg.ema.decay) if cfg.ema.decay else None
         self.monitor = Monitor(run_dir, env.rank, total_steps=self.length.steps, every_steps=cfg.logging.every_steps)
@@ -135,7 +135,7 @@ class Run:
         if self.ema is not None:
             states["ema"] = self.ema
         self.checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, env.rank,
-                                         every_steps=cfg.checkpoint.every_steps, engine=self.engine,
+                                         every_steps=cfg.checkpoint.every_steps, engine=self.engine.ds,
                                          states=states, meta=layout_meta(cfg, env))
         self.preprocess = device_preprocess(cfg, self.engine.dtype)
         self.mixup = self._mixup()
@@ -157,8 +157,9 @@ class Run:
         if resume and self.checkpointer.restore() is not None:
             log.info("resumed from step %d", state.step)
         if self.env.rank == 0:
-            save_config(resolved_config(self.cfg, self.length), self.run_dir / "config.yaml")
-            self.monitor.log_config(to_dict(resolved_config(self.cfg, self.length)))
+            resolved = resolved_config(self.cfg, self.length)
+            save_config(resolved, self.run_dir / "config.yaml")
+            self.monitor.log_config(to_dict(resolved))
         self.evaluations.run_initial(self.engine.module, self.preprocess, state.step)
         timer, window = StepTimer(), []
         try:

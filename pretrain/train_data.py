@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from pretrain.config import ConfigError, PretrainConfig
+from pretrain.config import PretrainConfig
 from pretrain.data import TrainLoader, build_train_loader, load_manifest, merge_states, subset_manifest, train_transform
 from pretrain.distributed import DistEnv, gather
 
@@ -26,15 +26,6 @@ class TrainData:
         self.position: dict[str, Any] | None = None  # this rank's state after the last step (or the resumed one)
         self.corrupt = self.short_shards = 0  # met by this rank's streams so far (carried in their positions)
         self._loader: TrainLoader | None = None
-
-    def check_classes(self, num_classes: int, exact: bool) -> None:
-        """The head must have room for every class of the data (`exact`: as many classes, as in fine-tuning)."""
-        have, where = self.manifest.num_classes, self.cfg.data.train
-        if exact and have != num_classes:
-            raise ConfigError(f"{where} has {have} classes but the model's head has {num_classes}; "
-                              f"set model.num_classes={have}")
-        if have > num_classes:
-            raise ConfigError(f"`model.num_classes`: {num_classes} is fewer than the {have} classes of {where}")
 
     def __iter__(self) -> TrainData:
         return self

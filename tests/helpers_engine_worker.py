@@ -38,7 +38,7 @@ def main() -> None:
     init_distributed(env)
     torch.manual_seed(0)
     model = create_model("mixer_demo", num_classes=10, img_size=32)
-    engine = Engine(cfg, env, model, RunLength(steps=6, warmup_steps=2), accum=2)
+    engine = Engine(cfg, env, model, RunLength(steps=6, warmup_steps=2))
     step = {"now": 0}
     engine.module.head.weight.register_hook(lambda g: g * float("inf") if step["now"] in bad_steps else g)
     dtype = next(engine.module.parameters()).dtype

@@ -6,7 +6,7 @@ optionally MixupPerStep, and keep item["state"]; to resume, pass merge_states([e
 """
 
 from .eval_loader import EvalLoader, build_eval_loader
-from .manifest import DataError, Manifest, Shard, load_manifest
+from .manifest import DataError, Manifest, Shard, check_head_classes, load_manifest
 from .mixup import MixupPerStep
 from .permutation import FixedPermutation
 from .preprocess import DevicePreprocess, device_preprocess
@@ -30,6 +30,7 @@ __all__ = [
     "TrainTransform",
     "build_eval_loader",
     "build_train_loader",
+    "check_head_classes",
     "describe_assignment",
     "device_preprocess",
     "eval_transform",

@@ -129,3 +129,13 @@ def _check(m: Manifest) -> None:
     for shard in m.shards:
         if not is_remote(shard.name) and not os.path.isfile(shard.url):
             raise DataError(f"shard not found: {shard.url} (listed in {m.path})")
+
+
+def check_head_classes(manifest: Manifest, where: str, num_classes: int, exact: bool) -> None:
+    """The model's head must have room for every class of the data at `where`; `exact` (fine-tuning): as many."""
+    have = manifest.num_classes
+    if exact and have != num_classes:
+        raise DataError(f"{where} has {have} classes but the model's head has {num_classes}; "
+                        f"set model.num_classes={have}")
+    if have > num_classes:
+        raise DataError(f"`model.num_classes`: {num_classes} is fewer than the {have} classes of {where}")

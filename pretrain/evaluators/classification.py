@@ -15,10 +15,9 @@ from torch import nn
 
 from pretrain.config import PretrainConfig
 from pretrain.config.schema import EvalSpec
-from pretrain.data import build_eval_loader, eval_transform, load_manifest
+from pretrain.data import build_eval_loader, check_head_classes, eval_transform, load_manifest
 from pretrain.distributed import DistEnv
 from pretrain.evaluators.accuracy import EvalAccumulator, load_real_labels
-from pretrain.evaluators.errors import EvalError
 from pretrain.evaluators.forward import evaluation_mode, logits_fp32
 from pretrain.evaluators.lockstep import lockstep
 
@@ -42,10 +41,7 @@ class ClassificationEvaluator:
     def __init__(self, name: str, spec: EvalSpec, cfg: PretrainConfig, env: DistEnv, exact_classes: bool) -> None:
         self.name, self.spec, self.cfg, self.env = name, spec, cfg, env
         self.manifest, self.loader = spec_loader(spec, spec.data, cfg, env)
-        have, head = self.manifest.num_classes, cfg.model.num_classes
-        if have > head or (exact_classes and have != head):
-            raise EvalError(f"{spec.data} has {have} classes but the model's head has {head}; "
-                            f"set model.num_classes={have}")
+        check_head_classes(self.manifest, spec.data, cfg.model.num_classes, exact_classes)
         self.real = load_real_labels(spec.real_labels) if spec.real_labels else None
 
     def __call__(self, model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
