@@ -113,7 +113,7 @@ class Settings:
     loader_workers: tuple[int, ...] = (1, 8)
     budgets: dict[str, float] = field(default_factory=lambda: {
         "digits": 60, "photos": 90, "pretrain": 90, "resume": 75, "finetune": 90, "evaluate": 60,
-        "throughput": 90, "trainer": 60, "trainer-z3": 75, "loader": 60, "compiled": 150})
+        "throughput": 90, "trainer": 60, "trainer-z3": 75, "loader": 60, "compiled": 240})
 
     @property
     def device(self) -> str:
@@ -121,8 +121,9 @@ class Settings:
 
 
 def gpu_settings(cores: int, time_limit: float | None) -> Settings:
-    return Settings(dry_run=False, time_limit=time_limit or 450, cores=cores,
-                    trainer_workers=max(1, min(14, cores - 2)), loader_workers=(1, max(2, cores)))
+    # 1,200 photos: every loader stream (one per worker) holds at least one batch of 64 with up to 18 workers
+    return Settings(dry_run=False, time_limit=time_limit or 450, cores=cores, photos=1200,
+                    trainer_workers=max(1, min(14, cores - 2)), loader_workers=(1, max(2, min(16, cores))))
 
 
 def dry_settings(cores: int, time_limit: float | None) -> Settings:
@@ -487,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole run (GPU 450, dry 900)")
     p.add_argument("--work-dir", default=None, help="data and run dirs (default: a temporary folder, removed)")
     p.add_argument("--keep-work", action="store_true", help="keep the work dir")
+    p.add_argument("--steps", default="0,1,2,3,4", help="the steps to run, comma-separated (default all; 0 always)")
     p.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -531,21 +533,26 @@ def run_all(check: Check, args: argparse.Namespace) -> int:
     for line in check.header:
         check.say(line)
     b, w = s.budgets, check.work
+    steps = {int(x) for x in args.steps.split(",") if x.strip()}
 
     # 0: data
     digits = w / "digits"
-    check.worker("0", "digits", "digits", {"out": str(digits)}, b["digits"], "data: digits shards")
+    if 1 in steps:
+        check.worker("0", "digits", "digits", {"out": str(digits)}, b["digits"], "data: digits shards")
     photos = w / "photos"
-    check.worker("0", "photos", "photos", {"out": str(photos), "images": s.photos, "long_side": s.photo_long_side,
+    if steps & {3, 4}:
+        check.worker("0", "photos", "photos", {"out": str(photos), "images": s.photos, "long_side": s.photo_long_side,
                                            "shard_samples": s.photo_shard_samples, "workers": min(8, cores)},
-                 b["photos"], "data: photo JPEG shards")
+                     b["photos"], "data: photo JPEG shards")
     # 1: the demo through the entry points
-    smoke(check, s, digits)
+    if 1 in steps:
+        smoke(check, s, digits)
     # 2: throughput, eager (compiled at the end: the compile time is the least predictable)
     throughput = {"device": s.device, "models": s.models, "rounds": s.rounds, "steps": s.steps_per_round,
                   "backend": s.compile_backend}
-    check.worker("2", "throughput-eager", "throughput", {**throughput, "compile": False}, b["throughput"],
-                 "throughput, eager")
+    if 2 in steps:
+        check.worker("2", "throughput-eager", "throughput", {**throughput, "compile": False}, b["throughput"],
+                     "throughput, eager")
     # 3: the trainer
     runs = []
     for zero in (1, 3):
@@ -557,20 +564,25 @@ def run_all(check: Check, args: argparse.Namespace) -> int:
                     "skip": s.trainer_skip_windows, "workers": s.trainer_workers}
             what = f"trainer {s.trainer_model}, ZeRO-{zero}, checkpointing {'on' if ckpt else 'off'}"
             runs.append((name, spec, b["trainer-z3" if zero == 3 else "trainer"], what))
-    if s.trainer_one_process:
+    if 3 not in steps:
+        pass
+    elif s.trainer_one_process:
         check.worker("3", "trainer", "trainer", {"runs": [spec for _, spec, _, _ in runs]},
                      sum(budget for _, _, budget, _ in runs), "trainer, the four configurations in one process")
     else:
         for name, spec, budget, what in runs:
             check.worker("3", name, "trainer", {"runs": [spec]}, budget, what)
     # 4: the loader
-    check.worker("4", "loader", "loader", {"data": str(photos / "shards"), "run_dir": str(w / "loader"),
-                                           "model": s.trainer_model, "img": s.trainer_img, "batch": s.trainer_batch,
-                                           "workers": s.loader_workers}, b["loader"], "input pipeline")
+    if 4 in steps:
+        check.worker("4", "loader", "loader", {"data": str(photos / "shards"), "run_dir": str(w / "loader"),
+                                               "model": s.trainer_model, "img": s.trainer_img,
+                                               "batch": s.trainer_batch, "workers": s.loader_workers},
+                     b["loader"], "input pipeline")
     # 2 (continued): compiled
     # L/16 first: the model of the trainer's MFU goal, and the longer compile
     compiled = {**throughput, "compile": True, "models": s.models[::-1][:s.compile_models]}
-    check.worker("2", "throughput-compiled", "throughput", compiled, b["compiled"], "throughput, torch.compile")
+    if 2 in steps:
+        check.worker("2", "throughput-compiled", "throughput", compiled, b["compiled"], "throughput, torch.compile")
     compiled_vs_eager(check.rows)
     trainer_vs_measured_peak(check.rows)
     check.add(cores_rows(check.rows))
