@@ -89,6 +89,10 @@ class DataConfig:
 class AugmentConfig:
     """Training augmentation: inception crop + flip, optional RandAugment, mixup/cutmix, label smoothing.
 
+    `randaugment` is a timm-style string ('rand-m20-n2-p1.0') whose magnitude is applied on the TF/big_vision scale
+    the Mixer paper used: m20 is m20, not timm's m10; a string whose magnitude would be clipped is refused
+    (`pretrain.data.randaugment`).
+
     `permute` ('' off, 'patches' or 'pixels') applies one fixed pixel permutation, drawn with `permute_seed`, to
     every image the model sees, in training, evaluation and few-shot (paper, section 3.4; see
     `pretrain.data.permutation`). `permute_patch_size` is the patch of 'patches' mode (0: the model's own).
@@ -122,7 +126,13 @@ class AugmentConfig:
         require(0.0 <= self.label_smoothing < 1.0, f"{prefix}.label_smoothing", self.label_smoothing,
                  "a number in [0, 1)")
         require(self.randaugment == "" or self.randaugment.startswith("rand-"), f"{prefix}.randaugment",
-                 self.randaugment, "'' or a timm RandAugment string such as 'rand-m10-n2-mstd0.5'")
+                 self.randaugment, "'' or a timm RandAugment string such as 'rand-m10-n2-p1.0'")
+        if self.randaugment:
+            from pretrain.data.randaugment import randaugment_problem  # imports timm: only once the rest is fine
+
+            problem = randaugment_problem(self.randaugment)
+            if problem is not None:
+                raise ConfigError(f"`{prefix}.randaugment`: {problem}")
         require(all(s > 0 for s in self.std), f"{prefix}.std", list(self.std), "three positive numbers")
         require(self.permute in ("", "patches", "pixels"), f"{prefix}.permute", self.permute,
                 "'' (off), 'patches' or 'pixels'")

@@ -7,7 +7,8 @@ Speed: the crop is chosen on the JPEG header's size before decoding, and the JPE
 DCT reduction (PIL draft: 1/2, 1/4, 1/8) that keeps the crop at least as large as the output in both
 dimensions, so the output is still a downscale. Random draws come from the global RNGs in timm's order (crop
 and interpolation: `random`; flip: torch; RandAugment: NumPy and `random`; erasing: `random` and torch), so
-with the same seeds and no JPEG reduction the output equals timm's (normalize=False) exactly.
+with the same seeds and no JPEG reduction the output equals timm's (normalize=False, its magnitude ceiling
+lifted: pretrain/data/randaugment.py applies the magnitude on the TF scale) exactly.
 """
 
 from __future__ import annotations
@@ -172,8 +173,9 @@ def train_transform(
     std: Sequence[float] = (0.5, 0.5, 0.5),
     interpolation: str = "bilinear",
 ) -> TrainTransform:
-    """Training transform: PIL image -> uint8 (3, img_size, img_size). `randaugment` is a timm string such
-    as 'rand-m9-mstd0.5-inc1' ('' for none); mean/std are for normalize_on_device and random erasing."""
+    """Training transform: PIL image -> uint8 (3, img_size, img_size). `randaugment` is a timm-style string such
+    as 'rand-m20-n2-p1.0' ('' for none), its magnitude on the TF scale (pretrain/data/randaugment.py); mean/std
+    are for normalize_on_device and random erasing."""
     return TrainTransform(
         img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation
     )
