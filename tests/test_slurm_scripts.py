@@ -25,6 +25,17 @@ if [ -n "${STUB_SLEEP:-}" ]; then
     sleep "$STUB_SLEEP" &
     while ! wait $!; do :; done  # a trapped signal interrupts wait: keep waiting for the sleep
 fi
+# STUB_PARENT_SIGNAL: a signal for the batch shell (run.sh, this stub's grandparent) at STUB_PARENT_WHEN:
+# `before` this stub exits
+# (the shell's trap has run by then), `at-exit` (just before), or `after-exit` (STUB_PARENT_DELAY seconds after).
+batch=$PPID  # run.sh, or the subshell of run.sh that runs srun
+up=$(cut -d' ' -f4 "/proc/$PPID/stat")
+grep -q run.sh "/proc/$up/cmdline" 2>/dev/null && batch=$up
+case "${STUB_PARENT_WHEN:-}" in
+    before) kill -"$STUB_PARENT_SIGNAL" "$batch"; sleep 0.3 ;;
+    at-exit) kill -"$STUB_PARENT_SIGNAL" "$batch" ;;
+    after-exit) (sleep "$STUB_PARENT_DELAY"; kill -"$STUB_PARENT_SIGNAL" "$batch" 2>/dev/null) >/dev/null 2>&1 & ;;
+esac
 exit "$STUB_RC"
 """
 # `scontrol -o show job` answers STUB_JOB_INFO (or fails when STUB_SHOW_FAILS is set); every call is logged.
@@ -199,6 +210,23 @@ def test_sigterm_when_scontrol_cannot_answer_does_not_requeue(tmp_path):
     assert proc.returncode == PREEMPTED_EXIT_CODE
     assert _requeues(tmp_path) == []
     assert "cannot tell whether job 4242 was cancelled" in proc.err
+
+
+@pytest.mark.parametrize(("when", "delay"), [("before", "0"), ("at-exit", "0"), ("after-exit", "0"),
+                                            ("after-exit", "0.005"), ("after-exit", "0.02")])
+@pytest.mark.parametrize("signame", ["USR1", "TERM"])
+def test_the_exit_status_survives_a_signal_at_any_point(tmp_path, signame, when, delay):
+    # A signal that interrupts `wait` while srun exits (or just after) must not replace srun's status (75) by the
+    # trap's 128 + signal: the job would then be neither requeued nor reported as preempted. Repeated, since the
+    # window is a matter of scheduling.
+    info = "JobId=4242 JobState=COMPLETING Reason=TimeLimit Restarts=0"
+    for attempt in range(15):
+        (tmp_path / "scontrol.calls").unlink(missing_ok=True)
+        env = _env(tmp_path, PREEMPTED_EXIT_CODE, STUB_JOB_INFO=info, STUB_PARENT_SIGNAL=signame,
+                   STUB_PARENT_WHEN=when, STUB_PARENT_DELAY=delay)
+        result = _run("pretrain.sbatch", env)
+        assert result.returncode == 0, f"attempt {attempt}: exit {result.returncode}\n{result.stdout}{result.stderr}"
+        assert _requeues(tmp_path) == ["requeue 4242"], f"attempt {attempt}"
 
 
 def test_sigusr1_to_the_batch_shell_reaches_the_tasks_and_requeues(tmp_path):

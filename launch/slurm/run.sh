@@ -28,6 +28,11 @@ fi
 # The restart count this run started with (Slurm sets it from the first requeue on).
 restarts_at_start=${SLURM_RESTART_COUNT:-0}
 srun_pid=
+# srun's pid and exit status, written by the subshell that runs it (below).
+state_dir=$(mktemp -d "${TMPDIR:-/tmp}/run.sh.XXXXXX") || exit 2
+pid_file=$state_dir/srun.pid
+status_file=$state_dir/srun.status
+trap 'rm -rf "$state_dir"' EXIT
 
 # Slurm sends SIGTERM to the batch shell when it ends the job (scancel, scontrol requeue, a preemption without grace
 # time, the time limit), at the same moment as to the tasks; without a trap bash would die before the tasks finish
@@ -37,7 +42,11 @@ got_term=0
 trap 'got_term=1; echo "run.sh: got SIGTERM, waiting for the tasks to save their checkpoint" >&2' TERM
 # SIGUSR1 for the batch shell (`#SBATCH --signal=B:USR1@300`, `scancel --signal=USR1 --batch` or `--full`): pass it
 # on to the tasks through srun (which forwards it), instead of dying of it.
-trap 'echo "run.sh: got SIGUSR1, passing it on to the tasks" >&2; [ -n "$srun_pid" ] && kill -USR1 "$srun_pid" 2>/dev/null' USR1
+trap 'echo "run.sh: got SIGUSR1, passing it on to the tasks" >&2; pass_usr1' USR1
+pass_usr1() {
+    [ -n "$srun_pid" ] || srun_pid=$(cat "$pid_file" 2>/dev/null)
+    [ -n "$srun_pid" ] && kill -USR1 "$srun_pid" 2>/dev/null
+}
 
 # Once one task has ended, the others get this many seconds to end too before srun kills them: enough for ranks
 # that stop together after a checkpoint, and a crashed rank does not leave the rest hanging in a collective.
@@ -45,14 +54,30 @@ trap 'echo "run.sh: got SIGUSR1, passing it on to the tasks" >&2; [ -n "$srun_pi
 TASK_EXIT_GRACE=${TASK_EXIT_GRACE:-120}
 
 # srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): pass it on.
-srun --kill-on-bad-exit=0 --wait="$TASK_EXIT_GRACE" --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$@" &
-srun_pid=$!
-while true; do
-    wait "$srun_pid"
-    rc=$?
-    # A trapped signal interrupts `wait` (status > 128) while srun still runs: keep waiting.
-    kill -0 "$srun_pid" 2>/dev/null || break
+# srun's exit status comes from a subshell that ignores the signals while it waits. This shell's traps interrupt its
+# own `wait` (status 128 + the signal), and bash loses a child's status for good when that happens as the child
+# exits (a later `wait` answers -1 or 127), so the status would be the trap's and a preempted job not requeued. The
+# subshell starts srun with the traps above replaced by no-ops (srun gets the default handlers, as from this shell),
+# then ignores them: its `wait` returns srun's own status.
+(
+    trap ':' TERM USR1
+    srun --kill-on-bad-exit=0 --wait="$TASK_EXIT_GRACE" --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$@" &
+    child=$!
+    echo "$child" > "$pid_file"
+    trap '' TERM USR1
+    wait "$child"
+    echo "$?" > "$status_file.partial" && mv "$status_file.partial" "$status_file"
+) &
+runner_pid=$!
+# A trapped signal interrupts `wait` while the subshell still runs: keep waiting until it has gone.
+while kill -0 "$runner_pid" 2>/dev/null; do
+    wait "$runner_pid"
 done
+rc=$(cat "$status_file" 2>/dev/null) || rc=
+if ! [[ "$rc" =~ ^[0-9]+$ ]]; then
+    echo "run.sh: srun's exit status was not recorded (the subshell that ran it was killed)" >&2
+    exit 1
+fi
 
 if [ "$rc" -ne "$PREEMPTED_EXIT_CODE" ]; then
     echo "run.sh: training exited with status $rc"
