@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.distributed import PEER_LOST_EXIT_CODE
 from pretrain.preemption import PREEMPTED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,13 @@ def test_templates_ask_for_the_signal_and_requeue(name):
     for option in ("--signal=USR1@300", "--requeue", "--open-mode=append", "--ntasks-per-node=8",
                    "--gpus-per-node=8"):
         assert f"#SBATCH {option}" in lines
+
+
+def test_a_lost_peer_requeues_the_job(tmp_path):
+    result = _run("pretrain.sbatch", _env(tmp_path, PEER_LOST_EXIT_CODE))
+    assert result.returncode == 0, result.stderr
+    assert _requeues(tmp_path) == ["requeue 4242"]
+    assert "lost contact with another rank (dead, on a lost node, or hung); requeueing job 4242" in result.stdout
 
 
 def test_preemption_exit_code_requeues_the_job(tmp_path):

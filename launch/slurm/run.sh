@@ -17,6 +17,9 @@
 set -uo pipefail
 
 PREEMPTED_EXIT_CODE=75
+# A task lost contact with another (a rank died, its node was lost, or it hung past train.collective_timeout_s):
+# pretrain/distributed.py's PEER_LOST_EXIT_CODE. Requeued like a preemption; the job resumes from the last checkpoint.
+PEER_LOST_EXIT_CODE=76
 # A run that keeps asking to be requeued without progress would loop forever; stop after this many restarts.
 MAX_REQUEUES=${MAX_REQUEUES:-100}
 
@@ -79,10 +82,14 @@ if ! [[ "$rc" =~ ^[0-9]+$ ]]; then
     exit 1
 fi
 
-if [ "$rc" -ne "$PREEMPTED_EXIT_CODE" ]; then
-    echo "run.sh: training exited with status $rc"
-    exit "$rc"
-fi
+case "$rc" in
+    "$PREEMPTED_EXIT_CODE") what="checkpoint saved after a preemption signal" ;;
+    "$PEER_LOST_EXIT_CODE") what="a task lost contact with another rank (dead, on a lost node, or hung)" ;;
+    *)
+        echo "run.sh: training exited with status $rc"
+        exit "$rc"
+        ;;
+esac
 
 # What Slurm says about the job now. While the job ends, JobState reads COMPLETING whatever it ends as, so the
 # decision rests on the restart count, the reason (TimeLimit) and the preemption time.
@@ -115,7 +122,7 @@ if [ "$restarts_at_start" -ge "$MAX_REQUEUES" ]; then
     echo "run.sh: checkpoint saved, but job $SLURM_JOB_ID was already requeued $restarts_at_start times; not again" >&2
     exit "$rc"
 fi
-echo "run.sh: checkpoint saved after a preemption signal; requeueing job $SLURM_JOB_ID (restart $((restarts_at_start + 1)))"
+echo "run.sh: $what; requeueing job $SLURM_JOB_ID (restart $((restarts_at_start + 1)))"
 if ! scontrol requeue "$SLURM_JOB_ID"; then
     echo "run.sh: scontrol requeue failed; resubmit with the same RUN_DIR to resume" >&2
     exit "$rc"
