@@ -227,6 +227,8 @@ def init_distributed(env: DistEnv, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT
 
     ``timeout_s`` bounds every collective (and the rendezvous): a rank whose peer died or hangs raises then instead
     of waiting for torch's default (10-30 minutes)."""
+    from pretrain.hosts import check_loopback_hostname, check_master, log_layout
+
     check_device(env)
     _TIMEOUT[:] = [timedelta(seconds=timeout_s)]
     os.environ.update(
@@ -237,6 +239,8 @@ def init_distributed(env: DistEnv, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT
         MASTER_ADDR=env.master_addr,
         MASTER_PORT=str(env.master_port),
     )
+    check_master(env)  # before the rendezvous, which would retry an unknown name for the whole timeout
+    check_loopback_hostname(env)
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     else:
@@ -246,6 +250,7 @@ def init_distributed(env: DistEnv, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT
     deepspeed.init_distributed(dist_backend=env.backend, verbose=False, timeout=collective_timeout())
     if env.device.type == "cpu":
         release_shm_name(env)
+    log_layout(env)
 
 
 def shm_buffer_path(env: DistEnv) -> Path:

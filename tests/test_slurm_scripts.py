@@ -20,6 +20,7 @@ SLURM_DIR = REPO / "launch" / "slurm"
 SRUN_STUB = """#!/bin/sh
 for arg in "$@"; do echo "$arg"; done > "$STUB_LOG/srun.args"
 echo "${CUDA_VISIBLE_DEVICES-unset}" > "$STUB_LOG/srun.cuda"
+echo "${OMP_NUM_THREADS-unset}" > "$STUB_LOG/srun.omp"
 trap 'touch "$STUB_LOG/srun.usr1"' USR1
 if [ -n "${STUB_SLEEP:-}" ]; then
     touch "$STUB_LOG/srun.started"
@@ -67,7 +68,8 @@ def _env(tmp_path: Path, rc: int, **extra: str) -> dict:
     _stub(bin_dir, "sbatch", SBATCH_STUB)
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "CUDA_VISIBLE_DEVICES"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SLURM_") and k not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", STUB_LOG=str(tmp_path), STUB_RC=str(rc),
                SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_ID="4242", SLURM_JOB_NAME="mixer-pretrain",
                SLURM_CPUS_PER_TASK="12", CONFIG=str(config))
@@ -244,6 +246,14 @@ def test_sigusr1_to_the_batch_shell_reaches_the_tasks_and_requeues(tmp_path):
     assert "got SIGUSR1, passing it on to the tasks" in proc.err
     assert (tmp_path / "srun.usr1").exists()
     assert _requeues(tmp_path) == ["requeue 4242"]
+
+
+@pytest.mark.parametrize("name", ["pretrain.sbatch", "finetune.sbatch"])
+@pytest.mark.parametrize(("extra", "threads"), [({}, "12"), ({"OMP_NUM_THREADS": "3"}, "3")])
+def test_openmp_threads_follow_cpus_per_task(tmp_path, name, extra, threads):
+    result = _run(name, _env(tmp_path, 0, **extra))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "srun.omp").read_text() == f"{threads}\n"
 
 
 @pytest.mark.parametrize(("gpus", "cuda"), [("0", ""), ("8", "unset"), (None, "unset")])
