@@ -231,6 +231,13 @@ def init_distributed(env: DistEnv, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT
 
     check_device(env)
     _TIMEOUT[:] = [timedelta(seconds=timeout_s)]
+    # Groups made later without a timeout (DeepSpeed's data-parallel group, in which the gradients are all-reduced)
+    # take torch's module default (30 minutes), not the default group's: make that default ours.
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = collective_timeout()
+    if isinstance(getattr(distributed_c10d, "default_pg_nccl_timeout", None), timedelta):
+        distributed_c10d.default_pg_nccl_timeout = collective_timeout()
     os.environ.update(
         RANK=str(env.rank),
         LOCAL_RANK=str(env.local_rank),
