@@ -20,13 +20,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError
     from pretrain.data import DataError
-    from pretrain.distributed import DistributedSetupError
+    from pretrain.distributed import DistributedSetupError, RankFailedError
     from pretrain.evaluators.errors import EvalError
     from pretrain.models import WeightsError
     from pretrain.run import TrainingError
 
     return (ConfigError, DataError, WeightsError, CheckpointError, TrainingError, FinetuneError, EvalError,
-            DistributedSetupError)
+            DistributedSetupError, RankFailedError)
 
 
 def rank() -> int:

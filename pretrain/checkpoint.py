@@ -110,9 +110,15 @@ class Checkpointer:
         failure = None
         try:
             self.engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
-            export_weights(self.engine, self.dir / tag / WEIGHTS, self.rank)
         except (OSError, RuntimeError) as err:
             failure = err
+            # A write that failed on this rank skipped DeepSpeed's closing barrier, where the other ranks now wait:
+            # meet them there, so the collectives below stay matched (every rank then raises the same error).
+            barrier()
+        try:
+            export_weights(self.engine, self.dir / tag / WEIGHTS, self.rank)  # every rank: collective under ZeRO-3
+        except (OSError, RuntimeError) as err:
+            failure = failure or err
         self._check_written(tag, failure)
         if self.rank == 0:
             try:

@@ -17,6 +17,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,20 @@ _TORCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 class DistributedSetupError(ValueError):
     """This process cannot join the job as configured (e.g. more processes per node than GPUs)."""
+
+
+class RankFailedError(RuntimeError):
+    """Another rank failed where this one waited for it; the message is that rank's error, in one line."""
+
+
+# EX_TEMPFAIL + 1: a rank lost contact with another one (it died, its node was lost, or it hung past the collective
+# timeout); launch/slurm/run.sh requeues the job, which resumes from the last checkpoint.
+PEER_LOST_EXIT_CODE = 76
+DEFAULT_COLLECTIVE_TIMEOUT_S = 300.0
+# How gloo and NCCL report a peer that is gone or silent (torch raises them as RuntimeError / DistBackendError).
+PEER_LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out waiting",
+                     "Socket Timeout", "NCCL communicator was aborted")
+_TIMEOUT: list[timedelta] = []
 
 
 @dataclass(frozen=True)
@@ -194,9 +209,35 @@ def check_device(env: DistEnv, device_count: int | None = None) -> None:
         )
 
 
-def init_distributed(env: DistEnv) -> None:
-    """Export ``env`` as the torch variables, pick this process's GPU and join the group via DeepSpeed."""
+def collective_timeout() -> timedelta:
+    """The timeout the process group was made with (for groups made later, e.g. a gloo group on NCCL jobs)."""
+    return _TIMEOUT[0] if _TIMEOUT else timedelta(seconds=DEFAULT_COLLECTIVE_TIMEOUT_S)
+
+
+def is_peer_lost(err: BaseException) -> bool:
+    """True for the error a collective raises when another rank died, its node went away or it stayed silent past
+    the collective timeout (only meaningful with several ranks)."""
+    return (isinstance(err, RuntimeError) and not isinstance(err, RankFailedError)
+            and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1 and any(marker in str(err) for marker in PEER_LOST_MARKERS))
+
+
+def init_distributed(env: DistEnv, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> None:
+    """Export ``env`` as the torch variables, pick this process's GPU and join the group via DeepSpeed.
+
+    ``timeout_s`` bounds every collective (and the rendezvous): a rank whose peer died or hangs raises then instead
+    of waiting for torch's default (10-30 minutes)."""
+    from pretrain.hosts import check_loopback_hostname, check_master, log_layout
+
     check_device(env)
+    _TIMEOUT[:] = [timedelta(seconds=timeout_s)]
+    # Groups made later without a timeout (DeepSpeed's data-parallel group, in which the gradients are all-reduced)
+    # take torch's module default (30 minutes), not the default group's: make that default ours.
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = collective_timeout()
+    if isinstance(getattr(distributed_c10d, "default_pg_nccl_timeout", None), timedelta):
+        distributed_c10d.default_pg_nccl_timeout = collective_timeout()
     os.environ.update(
         RANK=str(env.rank),
         LOCAL_RANK=str(env.local_rank),
@@ -205,15 +246,18 @@ def init_distributed(env: DistEnv) -> None:
         MASTER_ADDR=env.master_addr,
         MASTER_PORT=str(env.master_port),
     )
+    check_master(env)  # before the rendezvous, which would retry an unknown name for the whole timeout
+    check_loopback_hostname(env)
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     else:
         share_cpu_threads(env)
     import deepspeed  # imported here: it takes seconds and probes the machine
 
-    deepspeed.init_distributed(dist_backend=env.backend, verbose=False)
+    deepspeed.init_distributed(dist_backend=env.backend, verbose=False, timeout=collective_timeout())
     if env.device.type == "cpu":
         release_shm_name(env)
+    log_layout(env)
 
 
 def shm_buffer_path(env: DistEnv) -> Path:

@@ -91,10 +91,12 @@ def _cpu_group():
     """The default group where it is gloo; else one gloo group over all ranks, made once (collectively)."""
     import torch.distributed as dist
 
+    from pretrain.distributed import collective_timeout
+
     if dist.get_backend() == "gloo":
         return None
     if not _CPU_GROUP:
-        _CPU_GROUP.append(dist.new_group(backend="gloo"))
+        _CPU_GROUP.append(dist.new_group(backend="gloo", timeout=collective_timeout()))
     return _CPU_GROUP[0]
 
 

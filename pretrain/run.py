@@ -25,7 +25,14 @@ from pretrain.config.schema import EvalSpec
 from pretrain.config.startup import check_warmup, check_workers
 from pretrain.convit_stats import convit_scalars, gpsa_layers
 from pretrain.data import MixupPerStep, check_head_classes, device_preprocess, load_manifest
-from pretrain.distributed import DistEnv, detect_env, init_distributed, shutdown_distributed
+from pretrain.distributed import (
+    PEER_LOST_EXIT_CODE,
+    DistEnv,
+    detect_env,
+    init_distributed,
+    is_peer_lost,
+    shutdown_distributed,
+)
 from pretrain.ema import EMA
 from pretrain.engine import Engine, StepResult
 from pretrain.evaluators.build import build_evaluators
@@ -298,10 +305,14 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETR
     flag = preemption or PreemptionFlag()
     try:
         env = detect_env()
-        init_distributed(env)
+        init_distributed(env, cfg.train.collective_timeout_s)
         run = Run(cfg, run_dir, env, stage)
         try:
             result = run.run(flag, resume)
+        except RuntimeError as err:
+            if not is_peer_lost(err):
+                raise
+            return peer_lost(err, env, run)  # no shutdown: its barrier would wait for the lost rank
         finally:
             run.monitor.close()
     finally:
@@ -309,6 +320,16 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETR
             flag.close()
     shutdown_distributed()
     return result
+
+
+def peer_lost(err: RuntimeError, env: DistEnv, run: Run) -> TrainResult:
+    """One line saying this rank lost another one, and the status launch/slurm/run.sh requeues."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    latest = run.checkpointer.latest_tag() or "the start (no checkpoint yet)"
+    log.error("[rank %d] lost contact with another rank at step %d (it died, its node was lost, or it hung longer "
+              "than train.collective_timeout_s=%g): %s; exiting with %d, the job resumes from %s", env.rank,
+              run.state.step, run.cfg.train.collective_timeout_s, first, PEER_LOST_EXIT_CODE, latest)
+    return TrainResult(run.state.step, False, run.state.bad_steps, PEER_LOST_EXIT_CODE)
 
 
 def check_data_paths(cfg: PretrainConfig, stage: Stage) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.distributed import PEER_LOST_EXIT_CODE
 from pretrain.preemption import PREEMPTED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,12 +20,24 @@ SLURM_DIR = REPO / "launch" / "slurm"
 SRUN_STUB = """#!/bin/sh
 for arg in "$@"; do echo "$arg"; done > "$STUB_LOG/srun.args"
 echo "${CUDA_VISIBLE_DEVICES-unset}" > "$STUB_LOG/srun.cuda"
+echo "${OMP_NUM_THREADS-unset}" > "$STUB_LOG/srun.omp"
 trap 'touch "$STUB_LOG/srun.usr1"' USR1
 if [ -n "${STUB_SLEEP:-}" ]; then
     touch "$STUB_LOG/srun.started"
     sleep "$STUB_SLEEP" &
     while ! wait $!; do :; done  # a trapped signal interrupts wait: keep waiting for the sleep
 fi
+# STUB_PARENT_SIGNAL: a signal for the batch shell (run.sh, this stub's grandparent) at STUB_PARENT_WHEN:
+# `before` this stub exits
+# (the shell's trap has run by then), `at-exit` (just before), or `after-exit` (STUB_PARENT_DELAY seconds after).
+batch=$PPID  # run.sh, or the subshell of run.sh that runs srun
+up=$(cut -d' ' -f4 "/proc/$PPID/stat")
+grep -q run.sh "/proc/$up/cmdline" 2>/dev/null && batch=$up
+case "${STUB_PARENT_WHEN:-}" in
+    before) kill -"$STUB_PARENT_SIGNAL" "$batch"; sleep 0.3 ;;
+    at-exit) kill -"$STUB_PARENT_SIGNAL" "$batch" ;;
+    after-exit) (sleep "$STUB_PARENT_DELAY"; kill -"$STUB_PARENT_SIGNAL" "$batch" 2>/dev/null) >/dev/null 2>&1 & ;;
+esac
 exit "$STUB_RC"
 """
 # `scontrol -o show job` answers STUB_JOB_INFO (or fails when STUB_SHOW_FAILS is set); every call is logged.
@@ -55,7 +68,8 @@ def _env(tmp_path: Path, rc: int, **extra: str) -> dict:
     _stub(bin_dir, "sbatch", SBATCH_STUB)
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "CUDA_VISIBLE_DEVICES"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SLURM_") and k not in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}
     env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", STUB_LOG=str(tmp_path), STUB_RC=str(rc),
                SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_ID="4242", SLURM_JOB_NAME="mixer-pretrain",
                SLURM_CPUS_PER_TASK="12", CONFIG=str(config))
@@ -100,6 +114,13 @@ def test_templates_ask_for_the_signal_and_requeue(name):
     for option in ("--signal=USR1@300", "--requeue", "--open-mode=append", "--ntasks-per-node=8",
                    "--gpus-per-node=8"):
         assert f"#SBATCH {option}" in lines
+
+
+def test_a_lost_peer_requeues_the_job(tmp_path):
+    result = _run("pretrain.sbatch", _env(tmp_path, PEER_LOST_EXIT_CODE))
+    assert result.returncode == 0, result.stderr
+    assert _requeues(tmp_path) == ["requeue 4242"]
+    assert "lost contact with another rank (dead, on a lost node, or hung); requeueing job 4242" in result.stdout
 
 
 def test_preemption_exit_code_requeues_the_job(tmp_path):
@@ -201,6 +222,23 @@ def test_sigterm_when_scontrol_cannot_answer_does_not_requeue(tmp_path):
     assert "cannot tell whether job 4242 was cancelled" in proc.err
 
 
+@pytest.mark.parametrize(("when", "delay"), [("before", "0"), ("at-exit", "0"), ("after-exit", "0"),
+                                            ("after-exit", "0.005"), ("after-exit", "0.02")])
+@pytest.mark.parametrize("signame", ["USR1", "TERM"])
+def test_the_exit_status_survives_a_signal_at_any_point(tmp_path, signame, when, delay):
+    # A signal that interrupts `wait` while srun exits (or just after) must not replace srun's status (75) by the
+    # trap's 128 + signal: the job would then be neither requeued nor reported as preempted. Repeated, since the
+    # window is a matter of scheduling.
+    info = "JobId=4242 JobState=COMPLETING Reason=TimeLimit Restarts=0"
+    for attempt in range(15):
+        (tmp_path / "scontrol.calls").unlink(missing_ok=True)
+        env = _env(tmp_path, PREEMPTED_EXIT_CODE, STUB_JOB_INFO=info, STUB_PARENT_SIGNAL=signame,
+                   STUB_PARENT_WHEN=when, STUB_PARENT_DELAY=delay)
+        result = _run("pretrain.sbatch", env)
+        assert result.returncode == 0, f"attempt {attempt}: exit {result.returncode}\n{result.stdout}{result.stderr}"
+        assert _requeues(tmp_path) == ["requeue 4242"], f"attempt {attempt}"
+
+
 def test_sigusr1_to_the_batch_shell_reaches_the_tasks_and_requeues(tmp_path):
     # `#SBATCH --signal=B:USR1@300` or `scancel --signal=USR1 --batch`: only the batch shell gets it.
     proc = _signalled("pretrain.sbatch", _env(tmp_path, PREEMPTED_EXIT_CODE), signal.SIGUSR1)
@@ -208,6 +246,14 @@ def test_sigusr1_to_the_batch_shell_reaches_the_tasks_and_requeues(tmp_path):
     assert "got SIGUSR1, passing it on to the tasks" in proc.err
     assert (tmp_path / "srun.usr1").exists()
     assert _requeues(tmp_path) == ["requeue 4242"]
+
+
+@pytest.mark.parametrize("name", ["pretrain.sbatch", "finetune.sbatch"])
+@pytest.mark.parametrize(("extra", "threads"), [({}, "12"), ({"OMP_NUM_THREADS": "3"}, "3")])
+def test_openmp_threads_follow_cpus_per_task(tmp_path, name, extra, threads):
+    result = _run(name, _env(tmp_path, 0, **extra))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "srun.omp").read_text() == f"{threads}\n"
 
 
 @pytest.mark.parametrize(("gpus", "cuda"), [("0", ""), ("8", "unset"), (None, "unset")])

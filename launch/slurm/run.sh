@@ -17,6 +17,9 @@
 set -uo pipefail
 
 PREEMPTED_EXIT_CODE=75
+# A task lost contact with another (a rank died, its node was lost, or it hung past train.collective_timeout_s):
+# pretrain/distributed.py's PEER_LOST_EXIT_CODE. Requeued like a preemption; the job resumes from the last checkpoint.
+PEER_LOST_EXIT_CODE=76
 # A run that keeps asking to be requeued without progress would loop forever; stop after this many restarts.
 MAX_REQUEUES=${MAX_REQUEUES:-100}
 
@@ -28,6 +31,11 @@ fi
 # The restart count this run started with (Slurm sets it from the first requeue on).
 restarts_at_start=${SLURM_RESTART_COUNT:-0}
 srun_pid=
+# srun's pid and exit status, written by the subshell that runs it (below).
+state_dir=$(mktemp -d "${TMPDIR:-/tmp}/run.sh.XXXXXX") || exit 2
+pid_file=$state_dir/srun.pid
+status_file=$state_dir/srun.status
+trap 'rm -rf "$state_dir"' EXIT
 
 # Slurm sends SIGTERM to the batch shell when it ends the job (scancel, scontrol requeue, a preemption without grace
 # time, the time limit), at the same moment as to the tasks; without a trap bash would die before the tasks finish
@@ -37,7 +45,11 @@ got_term=0
 trap 'got_term=1; echo "run.sh: got SIGTERM, waiting for the tasks to save their checkpoint" >&2' TERM
 # SIGUSR1 for the batch shell (`#SBATCH --signal=B:USR1@300`, `scancel --signal=USR1 --batch` or `--full`): pass it
 # on to the tasks through srun (which forwards it), instead of dying of it.
-trap 'echo "run.sh: got SIGUSR1, passing it on to the tasks" >&2; [ -n "$srun_pid" ] && kill -USR1 "$srun_pid" 2>/dev/null' USR1
+trap 'echo "run.sh: got SIGUSR1, passing it on to the tasks" >&2; pass_usr1' USR1
+pass_usr1() {
+    [ -n "$srun_pid" ] || srun_pid=$(cat "$pid_file" 2>/dev/null)
+    [ -n "$srun_pid" ] && kill -USR1 "$srun_pid" 2>/dev/null
+}
 
 # Once one task has ended, the others get this many seconds to end too before srun kills them: enough for ranks
 # that stop together after a checkpoint, and a crashed rank does not leave the rest hanging in a collective.
@@ -45,19 +57,39 @@ trap 'echo "run.sh: got SIGUSR1, passing it on to the tasks" >&2; [ -n "$srun_pi
 TASK_EXIT_GRACE=${TASK_EXIT_GRACE:-120}
 
 # srun does not inherit --cpus-per-task from sbatch (Slurm >= 22.05): pass it on.
-srun --kill-on-bad-exit=0 --wait="$TASK_EXIT_GRACE" --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$@" &
-srun_pid=$!
-while true; do
-    wait "$srun_pid"
-    rc=$?
-    # A trapped signal interrupts `wait` (status > 128) while srun still runs: keep waiting.
-    kill -0 "$srun_pid" 2>/dev/null || break
+# srun's exit status comes from a subshell that ignores the signals while it waits. This shell's traps interrupt its
+# own `wait` (status 128 + the signal), and bash loses a child's status for good when that happens as the child
+# exits (a later `wait` answers -1 or 127), so the status would be the trap's and a preempted job not requeued. The
+# subshell starts srun with the traps above replaced by no-ops (srun gets the default handlers, as from this shell),
+# then ignores them: its `wait` returns srun's own status.
+(
+    trap ':' TERM USR1
+    srun --kill-on-bad-exit=0 --wait="$TASK_EXIT_GRACE" --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" "$@" &
+    child=$!
+    echo "$child" > "$pid_file"
+    trap '' TERM USR1
+    wait "$child"
+    echo "$?" > "$status_file.partial" && mv "$status_file.partial" "$status_file"
+) &
+runner_pid=$!
+# A trapped signal interrupts `wait` while the subshell still runs: keep waiting until it has gone.
+while kill -0 "$runner_pid" 2>/dev/null; do
+    wait "$runner_pid"
 done
-
-if [ "$rc" -ne "$PREEMPTED_EXIT_CODE" ]; then
-    echo "run.sh: training exited with status $rc"
-    exit "$rc"
+rc=$(cat "$status_file" 2>/dev/null) || rc=
+if ! [[ "$rc" =~ ^[0-9]+$ ]]; then
+    echo "run.sh: srun's exit status was not recorded (the subshell that ran it was killed)" >&2
+    exit 1
 fi
+
+case "$rc" in
+    "$PREEMPTED_EXIT_CODE") what="checkpoint saved after a preemption signal" ;;
+    "$PEER_LOST_EXIT_CODE") what="a task lost contact with another rank (dead, on a lost node, or hung)" ;;
+    *)
+        echo "run.sh: training exited with status $rc"
+        exit "$rc"
+        ;;
+esac
 
 # What Slurm says about the job now. While the job ends, JobState reads COMPLETING whatever it ends as, so the
 # decision rests on the restart count, the reason (TimeLimit) and the preemption time.
@@ -90,7 +122,7 @@ if [ "$restarts_at_start" -ge "$MAX_REQUEUES" ]; then
     echo "run.sh: checkpoint saved, but job $SLURM_JOB_ID was already requeued $restarts_at_start times; not again" >&2
     exit "$rc"
 fi
-echo "run.sh: checkpoint saved after a preemption signal; requeueing job $SLURM_JOB_ID (restart $((restarts_at_start + 1)))"
+echo "run.sh: $what; requeueing job $SLURM_JOB_ID (restart $((restarts_at_start + 1)))"
 if ! scontrol requeue "$SLURM_JOB_ID"; then
     echo "run.sh: scontrol requeue failed; resubmit with the same RUN_DIR to resume" >&2
     exit "$rc"

@@ -197,6 +197,9 @@ class TrainConfig:
     seed: int = 0
     max_bad_steps: int = 10
     loss: str = "softmax_xent"
+    # How long a rank waits in a collective (and for the rendezvous) before it gives its peers up for lost and exits
+    # with PEER_LOST_EXIT_CODE, which launch/slurm/run.sh requeues; torch's own default is 10-30 minutes.
+    collective_timeout_s: float = 300.0
 
     def validate(self, prefix: str) -> None:
         require(self.steps > 0, f"{prefix}.steps", self.steps, "a positive integer")
@@ -212,6 +215,8 @@ class TrainConfig:
                  self.grad_accum_dtype, "'fp32', 'bf16' or 'fp16'")
         require(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", self.max_bad_steps, "an integer >= 1")
         require(self.loss in LOSSES, f"{prefix}.loss", self.loss, " or ".join(repr(k) for k in LOSSES))
+        require(0 < self.collective_timeout_s < math.inf, f"{prefix}.collective_timeout_s", self.collective_timeout_s,
+                "a positive number of seconds (longer than the slowest step, evaluation or save)")
         require(not (self.precision == "bf16" and self.zero_stage == 0 and self.grad_accum_dtype == "fp32"),
                 f"{prefix}.grad_accum_dtype", self.grad_accum_dtype,
                 "'bf16' with train.zero_stage 0 (DeepSpeed's ZeRO-0 bf16 path accumulates in bf16), or "

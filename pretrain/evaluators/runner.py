@@ -19,6 +19,7 @@ from torch import nn
 from pretrain.config.schema import EvalSpec
 from pretrain.ema import EMA
 from pretrain.evaluators.accuracy import write_metrics
+from pretrain.evaluators.lockstep import failures_shared
 from pretrain.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class Evaluations:
     def _run(self, names: list[str], model: nn.Module, preprocess, step: int, weights: str) -> None:
         for name in names:
             spec = self.specs[name]
-            result = self.evaluators[name](model, preprocess)
+            with failures_shared():  # an error on one rank ends the evaluation on all of them
+                result = self.evaluators[name](model, preprocess)
             record = {"step": step, "name": name, "type": spec.type, "weights": weights}
             record.update({"fewshot": result} if spec.type == "fewshot" else result)
             self.history.append(record)
