@@ -4,8 +4,9 @@ instead resize the whole image to img_size x img_size (resize="squash"), as the 
 (google-research/vision_transformer, vit_jax/input_pipeline.py) does.
 
 Speed: the crop is chosen on the JPEG header's size before decoding, and the JPEG is decoded at the largest
-DCT reduction (PIL draft: 1/2, 1/4, 1/8) that keeps the crop at least as large as the output in both
-dimensions, so the output is still a downscale. Random draws come from the global RNGs in timm's order (crop
+DCT reduction (1/2, 1/4, 1/8) that keeps the crop at least as large as the output in both dimensions, so the
+output is still a downscale: by libjpeg-turbo with only the crop's window kept (pretrain.data.jpeg_turbo,
+`jpeg_decoder`), or by PIL's draft. Random draws come from the global RNGs in timm's order (crop
 and interpolation: `random`; flip: torch; RandAugment: NumPy and `random`; erasing: `random` and torch), so
 with the same seeds and no JPEG reduction the output equals timm's (normalize=False) exactly.
 """
@@ -22,6 +23,7 @@ from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
 
 from .decode import to_rgb
+from .jpeg_turbo import decode_window, reduction_for, use_turbo
 from .randaugment import rand_augment
 
 Box = tuple[float, float, float, float]
@@ -40,7 +42,7 @@ def _interpolations(name: str) -> list[Image.Resampling]:
 def _reduced(img: Image.Image, limit: float) -> int:
     """Decode `img` (still lazy) at the largest JPEG reduction 2**k <= min(8, limit); returns it (1: none)."""
     w, h = img.size
-    scale = next((s for s in (8, 4, 2) if s <= limit), 1)
+    scale = reduction_for(limit)
     if scale > 1 and img.draft(None, (w // scale, h // scale)) is None:
         scale = 1
     img.load()
@@ -55,8 +57,11 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 class TrainTransform:
     """Inception crop + flip + RandAugment + random erasing; see train_transform()."""
 
-    def __init__(self, img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation):
+    def __init__(
+        self, img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation, jpeg_decoder
+    ):
         self.img_size = int(img_size)
+        self.turbo = use_turbo(jpeg_decoder)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.hflip = float(hflip)
         self.random_erasing = float(random_erasing)
@@ -70,8 +75,22 @@ class TrainTransform:
         """Choose the crop on the header's size, decode at a reduction the crop allows; returns the crop box
         in the decoded image's coordinates and the reduction."""
         top, left, h, w = RandomResizedCropAndInterpolation.get_params(img, self.scale, self.ratio)
+        decoded = self._decode_turbo(img, left, top, w, h) if self.turbo else None
+        if decoded is not None:
+            return decoded
         s = _reduced(img, min(w, h) / self.img_size)
         return to_rgb(img), ((left / s, top / s, (left + w) / s, (top + h) / s), s)
+
+    def _decode_turbo(
+        self, img: Image.Image, left: int, top: int, w: int, h: int
+    ) -> tuple[Image.Image, tuple[Box, int]] | None:
+        """decode() by libjpeg-turbo, the same reduction and pixels; None where the PIL path must decode."""
+        s = reduction_for(min(w, h) / self.img_size)
+        if s == 1:  # only the crop becomes an image
+            crop = decode_window(img, 1, (left, top, left + w, top + h))
+            return None if crop is None else (crop, ((0, 0, w, h), 1))
+        reduced = decode_window(img, s)
+        return None if reduced is None else (reduced, ((left / s, top / s, (left + w) / s, (top + h) / s), s))
 
     def finish(self, img: Image.Image, ctx: tuple[Box, int]) -> torch.Tensor:
         """Resize the crop, flip, RandAugment, to uint8 tensor, erase."""
@@ -171,11 +190,13 @@ def train_transform(
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
     interpolation: str = "bilinear",
+    jpeg_decoder: str = "auto",
 ) -> TrainTransform:
     """Training transform: PIL image -> uint8 (3, img_size, img_size). `randaugment` is a timm string such
-    as 'rand-m9-mstd0.5-inc1' ('' for none); mean/std are for normalize_on_device and random erasing."""
+    as 'rand-m9-mstd0.5-inc1' ('' for none); mean/std are for normalize_on_device and random erasing;
+    jpeg_decoder: 'auto', 'turbo' (libjpeg-turbo, the crop's window) or 'pil' (pretrain.data.jpeg_turbo)."""
     return TrainTransform(
-        img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation
+        img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation, jpeg_decoder
     )
 
 
