@@ -10,7 +10,7 @@ from PIL import Image
 
 from benchmarks.photos import source_photos
 from pretrain.config import ConfigError, DataConfig
-from pretrain.data import build_train_loader, jpeg_turbo, load_manifest, train_transform
+from pretrain.data import build_train_loader, eval_transform, jpeg_turbo, load_manifest, train_transform
 from pretrain.data.decode import CorruptSample, decode_sample
 from pretrain.data.rng import seed_globals
 from tests.helpers_shards import encode, sample, write_manifest, write_shard
@@ -54,6 +54,18 @@ def test_turbo_equals_the_pil_path_bit_for_bit_per_box_on_photos():
         assert torch.equal(a, b), (seed, s)
         reductions.append(s)
     assert 8 in reductions
+
+
+@pytest.mark.parametrize("resize", ["crop", "squash"])
+def test_eval_turbo_equals_the_pil_path_bit_for_bit(resize):
+    turbo, pil = (eval_transform(64, resize=resize, jpeg_decoder=d) for d in ("turbo", "pil"))
+    reductions = set()
+    for data in photo_jpegs((300, 500, 1000)):
+        img, _ = turbo.decode(Image.open(io.BytesIO(data)))
+        assert img.format is None  # decoded by libjpeg-turbo, not PIL's JpegImageFile
+        reductions.add(round(Image.open(io.BytesIO(data)).size[0] / img.size[0]))
+        assert torch.equal(turbo(Image.open(io.BytesIO(data))), pil(Image.open(io.BytesIO(data))))
+    assert reductions == {2, 4, 8}
 
 
 def test_turbo_keeps_only_the_crop_without_a_reduction():

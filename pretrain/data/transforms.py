@@ -136,7 +136,7 @@ class EvalTransform:
     """"crop": resize the shorter side to floor(img_size / crop_pct), center crop img_size; "squash": resize
     the whole image to img_size x img_size (crop_pct unused); see eval_transform()."""
 
-    def __init__(self, img_size, crop_pct, mean, std, interpolation, resize="crop"):
+    def __init__(self, img_size, crop_pct, mean, std, interpolation, resize="crop", jpeg_decoder="auto"):
         if resize not in EVAL_RESIZES:
             raise ValueError(f"resize must be one of {', '.join(EVAL_RESIZES)}, got {resize!r}")
         if not 0 < crop_pct <= 1:
@@ -146,6 +146,7 @@ class EvalTransform:
         self.resize_to = math.floor(self.img_size / crop_pct)
         self.mean, self.std = tuple(mean), tuple(std)
         self.interpolation = _interpolations(interpolation)[0]
+        self.turbo = use_turbo(jpeg_decoder)
 
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
         if self.resize == "squash":  # the center crop below then keeps the whole image
@@ -159,8 +160,13 @@ class EvalTransform:
         resized size and, if reduced, where the original lies in the decoded image."""
         w, h = img.size
         new_w, new_h = self._resized_size(w, h)
-        s = _reduced(img, min(w / new_w, h / new_h))
-        return to_rgb(img), (new_w, new_h, (0.0, 0.0, w / s, h / s) if s > 1 else None)
+        limit = min(w / new_w, h / new_h)
+        s = reduction_for(limit)
+        decoded = decode_window(img, s) if self.turbo else None
+        if decoded is None:
+            s = _reduced(img, limit)
+            decoded = to_rgb(img)
+        return decoded, (new_w, new_h, (0.0, 0.0, w / s, h / s) if s > 1 else None)
 
     def finish(self, img: Image.Image, ctx: tuple[int, int, Box | None]) -> torch.Tensor:
         """Resize (as torchvision's Resize(int), or to the square), center crop (as its CenterCrop), to uint8
@@ -208,11 +214,12 @@ def eval_transform(
     std: Sequence[float] = (0.5, 0.5, 0.5),
     interpolation: str = "bilinear",
     resize: str = "crop",
+    jpeg_decoder: str = "auto",
 ) -> EvalTransform:
     """Evaluation transform: PIL image -> uint8 (3, img_size, img_size). resize="crop" (timm): shorter side to
     img_size / crop_pct, center crop; resize="squash" (ViT/Mixer fine-tuning): the whole image to
-    img_size x img_size, aspect ratio not kept, crop_pct unused."""
-    return EvalTransform(img_size, crop_pct, mean, std, interpolation, resize)
+    img_size x img_size, aspect ratio not kept, crop_pct unused. jpeg_decoder: as train_transform's."""
+    return EvalTransform(img_size, crop_pct, mean, std, interpolation, resize, jpeg_decoder)
 
 
 def normalize_on_device(
