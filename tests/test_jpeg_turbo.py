@@ -1,6 +1,6 @@
 """The libjpeg-turbo decode (data.jpeg_decoder): the same crop boxes, random streams and pixels as the PIL path,
 per box, on real photos; the same samples accepted and rejected; the same loader batches and states; the config
-key and the fallback where simplejpeg is missing."""
+key and the fallback where simplejpeg is missing; the decode benchmark's table."""
 
 import io
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks import bench_jpeg_decode
 from benchmarks.photos import source_photos
 from pretrain.config import ConfigError, DataConfig
 from pretrain.data import build_train_loader, eval_transform, jpeg_turbo, load_manifest, train_transform
@@ -134,3 +135,10 @@ def test_config_key_and_the_fallback_without_simplejpeg(monkeypatch, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     data = photo_jpegs((500,))[0]
     assert jpeg_turbo.decode_window(Image.open(io.BytesIO(data)), 1) is None
+
+
+def test_decode_benchmark_prints_a_row_per_size_with_both_decoders(capsys):
+    assert bench_jpeg_decode.main(["--images", "4", "--rounds", "1", "--long-side", "300", "600"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| long side | reduced crops | pil ms/img | turbo ms/img")
+    assert [r.split(" | ")[0] for r in rows[2:]] == ["| 300 px", "| 600 px"]
