@@ -2,7 +2,9 @@
 
 Both sides: RandomResizedCrop 224 (scale 0.08-1, ratio 3/4-4/3, bilinear) + horizontal flip 0.5 +
 RandAugment rand-m9-mstd0.5 (timm's; the -inc1 variant crashes stock timm under Pillow 13), mean/std 0.5.
-  ours       shards + build_train_loader + train_transform: JPEG draft decode, uint8 out (normalised later)
+  ours       shards + build_train_loader + train_transform: libjpeg-turbo decode of the crop at a DCT reduction
+             (data.jpeg_decoder turbo), uint8 out (normalised later)
+  ours-pil   the same with jpeg_decoder pil: PIL draft decode (the same pixels)
   timm       ImageFolder of the same JPEG files + timm.data.create_transform + torch DataLoader (float out)
   timm-uint8 the same with create_transform(use_prefetcher=True): uint8 out, as timm's GPU prefetcher uses
 Images: JPEGs (quality 90, long side 500 px or --long-side) cut from the sklearn / skimage photos.
@@ -114,7 +116,7 @@ def throughput(batches: Iterable, warmup: int, count: int) -> tuple[float, float
     return n / (t1 - t0), n / (cpu1 - cpu0)
 
 
-def ours(manifest_path: str, workers: int, batch: int) -> Iterable:
+def ours(manifest_path: str, workers: int, batch: int, decoder: str) -> Iterable:
     return build_train_loader(
         load_manifest(manifest_path),
         micro_batch=batch,
@@ -123,7 +125,7 @@ def ours(manifest_path: str, workers: int, batch: int) -> Iterable:
         world_size=1,
         workers=workers,
         seed=0,
-        transform=train_transform(SIZE, randaugment=RANDAUGMENT, mean=MEAN, std=STD),
+        transform=train_transform(SIZE, randaugment=RANDAUGMENT, mean=MEAN, std=STD, jpeg_decoder=decoder),
         shuffle_buffer=64,
     )
 
@@ -161,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         jpegs = make_jpegs(args.images, args.long_side)
         manifest = write_both(folder, jpegs)
         sizes = [Image.open(os.path.join(folder, "folder", "c0", "000000.jpg")).size]
-        print(f"{len(jpegs)} JPEGs, mean {np.mean([len(b) for b in jpegs]) / 1024:.0f} KiB, e.g. {sizes[0]}")
+        print(f"{len(jpegs)} JPEGs, mean {np.mean([len(b) for b in jpegs]) / 1024:.0f} KiB, e.g. {sizes[0]}; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         setups: dict[str, Callable[[int], Iterable]] = {
-            "ours": lambda w: ours(manifest, w, args.batch),
+            "ours": lambda w: ours(manifest, w, args.batch, "turbo"),
+            "ours-pil": lambda w: ours(manifest, w, args.batch, "pil"),
             "timm": lambda w: timm_loader(folder, w, args.batch, uint8=False),
             "timm-uint8": lambda w: timm_loader(folder, w, args.batch, uint8=True),
         }
@@ -185,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 wall = max(r for r, _ in results[(name, w)])
                 cpu = max(c for _, c in results[(name, w)])
                 print(f"| {name} | {w} | {wall:.0f} | {cpu:.0f} | {cpu / base:.2f}x |")
+        print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 

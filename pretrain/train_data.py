@@ -41,7 +41,7 @@ class TrainData:
         c, a = self.cfg, self.cfg.augment
         transform = train_transform(c.model.img_size, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
                                     randaugment=a.randaugment, random_erasing=a.random_erasing, mean=a.mean,
-                                    std=a.std)
+                                    std=a.std, jpeg_decoder=c.data.jpeg_decoder)
         return build_train_loader(
             self.manifest, micro_batch=c.train.micro_batch, accum=self.accum, rank=self.env.rank,
             world_size=self.env.world_size, workers=c.data.workers, seed=c.train.seed, transform=transform,

@@ -74,8 +74,11 @@ class DataConfig:
     prefetch: int = 2
     subset_fraction: float = 1.0  # train on this fraction of each class of `train` (pretrain/data/subset.py)
     subset_seed: int = 0
+    jpeg_decoder: str = "auto"  # auto | turbo (libjpeg-turbo via simplejpeg) | pil (pretrain/data/jpeg_turbo.py)
 
     def validate(self, prefix: str) -> None:
+        from pretrain.data.jpeg_turbo import DECODERS, available
+
         require(bool(self.train), f"{prefix}.train", self.train, "the path of a shard folder made by data_prep")
         require(self.workers >= 0, f"{prefix}.workers", self.workers, "an integer >= 0")
         require(self.shuffle_buffer >= 1, f"{prefix}.shuffle_buffer", self.shuffle_buffer, "an integer >= 1")
@@ -83,6 +86,9 @@ class DataConfig:
         require(0.0 < self.subset_fraction <= 1.0, f"{prefix}.subset_fraction", self.subset_fraction,
                 "a fraction in (0, 1] (1 trains on every sample)")
         require(self.subset_seed >= 0, f"{prefix}.subset_seed", self.subset_seed, "an integer >= 0")
+        require(self.jpeg_decoder in DECODERS, f"{prefix}.jpeg_decoder", self.jpeg_decoder, " | ".join(DECODERS))
+        require(self.jpeg_decoder != "turbo" or available(), f"{prefix}.jpeg_decoder", self.jpeg_decoder,
+                "'auto' or 'pil': simplejpeg is not importable here (pip install simplejpeg)")
 
 
 @dataclass

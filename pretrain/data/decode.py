@@ -6,7 +6,8 @@ after decoding is a bug and propagates.
 Images become RGB as data_prep makes them (``data_prep.encode.to_rgb``: transparency composited on white).
 A transform is any callable PIL.Image (RGB) -> tensor. Ours (pretrain.data.transforms) also split into
 `decode(lazy_image) -> (rgb_image, ctx)` and `finish(rgb_image, ctx) -> tensor`, so they can decode a JPEG
-at a reduced size (PIL draft) when the crop allows it.
+at a reduced size when the crop allows it (libjpeg-turbo, pretrain.data.jpeg_turbo, reading the bytes of the lazy
+image's BytesIO; or PIL draft).
 """
 
 from __future__ import annotations

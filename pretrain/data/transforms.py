@@ -4,8 +4,9 @@ instead resize the whole image to img_size x img_size (resize="squash"), as the 
 (google-research/vision_transformer, vit_jax/input_pipeline.py) does.
 
 Speed: the crop is chosen on the JPEG header's size before decoding, and the JPEG is decoded at the largest
-DCT reduction (PIL draft: 1/2, 1/4, 1/8) that keeps the crop at least as large as the output in both
-dimensions, so the output is still a downscale. Random draws come from the global RNGs in timm's order (crop
+DCT reduction (1/2, 1/4, 1/8) that keeps the crop at least as large as the output in both dimensions, so the
+output is still a downscale: by libjpeg-turbo with only the crop's window kept (pretrain.data.jpeg_turbo,
+`jpeg_decoder`), or by PIL's draft. Random draws come from the global RNGs in timm's order (crop
 and interpolation: `random`; flip: torch; RandAugment: NumPy and `random`; erasing: `random` and torch), so
 with the same seeds and no JPEG reduction the output equals timm's (normalize=False, its magnitude ceiling
 lifted: pretrain/data/randaugment.py applies the magnitude on the TF scale) exactly.
@@ -23,6 +24,7 @@ from PIL import Image
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
 
 from .decode import to_rgb
+from .jpeg_turbo import decode_window, reduction_for, use_turbo
 from .randaugment import rand_augment
 
 Box = tuple[float, float, float, float]
@@ -41,7 +43,7 @@ def _interpolations(name: str) -> list[Image.Resampling]:
 def _reduced(img: Image.Image, limit: float) -> int:
     """Decode `img` (still lazy) at the largest JPEG reduction 2**k <= min(8, limit); returns it (1: none)."""
     w, h = img.size
-    scale = next((s for s in (8, 4, 2) if s <= limit), 1)
+    scale = reduction_for(limit)
     if scale > 1 and img.draft(None, (w // scale, h // scale)) is None:
         scale = 1
     img.load()
@@ -56,8 +58,11 @@ def _to_tensor(img: Image.Image) -> torch.Tensor:
 class TrainTransform:
     """Inception crop + flip + RandAugment + random erasing; see train_transform()."""
 
-    def __init__(self, img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation):
+    def __init__(
+        self, img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation, jpeg_decoder
+    ):
         self.img_size = int(img_size)
+        self.turbo = use_turbo(jpeg_decoder)
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.hflip = float(hflip)
         self.random_erasing = float(random_erasing)
@@ -71,8 +76,22 @@ class TrainTransform:
         """Choose the crop on the header's size, decode at a reduction the crop allows; returns the crop box
         in the decoded image's coordinates and the reduction."""
         top, left, h, w = RandomResizedCropAndInterpolation.get_params(img, self.scale, self.ratio)
+        decoded = self._decode_turbo(img, left, top, w, h) if self.turbo else None
+        if decoded is not None:
+            return decoded
         s = _reduced(img, min(w, h) / self.img_size)
         return to_rgb(img), ((left / s, top / s, (left + w) / s, (top + h) / s), s)
+
+    def _decode_turbo(
+        self, img: Image.Image, left: int, top: int, w: int, h: int
+    ) -> tuple[Image.Image, tuple[Box, int]] | None:
+        """decode() by libjpeg-turbo, the same reduction and pixels; None where the PIL path must decode."""
+        s = reduction_for(min(w, h) / self.img_size)
+        if s == 1:  # only the crop becomes an image
+            crop = decode_window(img, 1, (left, top, left + w, top + h))
+            return None if crop is None else (crop, ((0, 0, w, h), 1))
+        reduced = decode_window(img, s)
+        return None if reduced is None else (reduced, ((left / s, top / s, (left + w) / s, (top + h) / s), s))
 
     def finish(self, img: Image.Image, ctx: tuple[Box, int]) -> torch.Tensor:
         """Resize the crop, flip, RandAugment, to uint8 tensor, erase."""
@@ -118,7 +137,7 @@ class EvalTransform:
     """"crop": resize the shorter side to floor(img_size / crop_pct), center crop img_size; "squash": resize
     the whole image to img_size x img_size (crop_pct unused); see eval_transform()."""
 
-    def __init__(self, img_size, crop_pct, mean, std, interpolation, resize="crop"):
+    def __init__(self, img_size, crop_pct, mean, std, interpolation, resize="crop", jpeg_decoder="auto"):
         if resize not in EVAL_RESIZES:
             raise ValueError(f"resize must be one of {', '.join(EVAL_RESIZES)}, got {resize!r}")
         if not 0 < crop_pct <= 1:
@@ -128,6 +147,7 @@ class EvalTransform:
         self.resize_to = math.floor(self.img_size / crop_pct)
         self.mean, self.std = tuple(mean), tuple(std)
         self.interpolation = _interpolations(interpolation)[0]
+        self.turbo = use_turbo(jpeg_decoder)
 
     def _resized_size(self, w: int, h: int) -> tuple[int, int]:
         if self.resize == "squash":  # the center crop below then keeps the whole image
@@ -141,8 +161,13 @@ class EvalTransform:
         resized size and, if reduced, where the original lies in the decoded image."""
         w, h = img.size
         new_w, new_h = self._resized_size(w, h)
-        s = _reduced(img, min(w / new_w, h / new_h))
-        return to_rgb(img), (new_w, new_h, (0.0, 0.0, w / s, h / s) if s > 1 else None)
+        limit = min(w / new_w, h / new_h)
+        s = reduction_for(limit)
+        decoded = decode_window(img, s) if self.turbo else None
+        if decoded is None:
+            s = _reduced(img, limit)
+            decoded = to_rgb(img)
+        return decoded, (new_w, new_h, (0.0, 0.0, w / s, h / s) if s > 1 else None)
 
     def finish(self, img: Image.Image, ctx: tuple[int, int, Box | None]) -> torch.Tensor:
         """Resize (as torchvision's Resize(int), or to the square), center crop (as its CenterCrop), to uint8
@@ -172,12 +197,14 @@ def train_transform(
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
     interpolation: str = "bilinear",
+    jpeg_decoder: str = "auto",
 ) -> TrainTransform:
     """Training transform: PIL image -> uint8 (3, img_size, img_size). `randaugment` is a timm-style string such
     as 'rand-m20-n2-p1.0' ('' for none), its magnitude on the TF scale (pretrain/data/randaugment.py); mean/std
-    are for normalize_on_device and random erasing."""
+    are for normalize_on_device and random erasing; jpeg_decoder: 'auto', 'turbo' (libjpeg-turbo, the crop's
+    window) or 'pil' (pretrain.data.jpeg_turbo)."""
     return TrainTransform(
-        img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation
+        img_size, scale, ratio, hflip, randaugment, random_erasing, mean, std, interpolation, jpeg_decoder
     )
 
 
@@ -189,11 +216,12 @@ def eval_transform(
     std: Sequence[float] = (0.5, 0.5, 0.5),
     interpolation: str = "bilinear",
     resize: str = "crop",
+    jpeg_decoder: str = "auto",
 ) -> EvalTransform:
     """Evaluation transform: PIL image -> uint8 (3, img_size, img_size). resize="crop" (timm): shorter side to
     img_size / crop_pct, center crop; resize="squash" (ViT/Mixer fine-tuning): the whole image to
-    img_size x img_size, aspect ratio not kept, crop_pct unused."""
-    return EvalTransform(img_size, crop_pct, mean, std, interpolation, resize)
+    img_size x img_size, aspect ratio not kept, crop_pct unused. jpeg_decoder: as train_transform's."""
+    return EvalTransform(img_size, crop_pct, mean, std, interpolation, resize, jpeg_decoder)
 
 
 def normalize_on_device(

@@ -29,7 +29,7 @@ def spec_loader(spec: EvalSpec, path: str, cfg: PretrainConfig, env: DistEnv):
     """This rank's exact share of the shards at `path`, preprocessed as `spec` says."""
     manifest = load_manifest(path)
     transform = eval_transform(cfg.model.img_size, crop_pct=spec.crop_pct, resize=RESIZE_MODES[spec.preprocess],
-                               mean=cfg.augment.mean, std=cfg.augment.std)
+                               mean=cfg.augment.mean, std=cfg.augment.std, jpeg_decoder=cfg.data.jpeg_decoder)
     loader = build_eval_loader(manifest, batch_size=spec.batch_size, rank=env.rank, world_size=env.world_size,
                                workers=cfg.data.workers, transform=transform, pin_memory=env.device.type == "cuda")
     return manifest, loader
