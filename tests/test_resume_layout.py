@@ -261,10 +261,12 @@ def test_a_refused_conversion_is_one_line_and_leaves_nothing_that_looks_converte
 def test_converted_copies_are_pruned_with_their_checkpoints(tmp_path):
     for tag in ("step-00000001", "step-00000002", "step-00000003"):
         (tmp_path / tag).mkdir()
-        (tmp_path / tag / "meta.json").write_text("{}")
+        (tmp_path / tag / "meta.json").write_text('{"run_id": "r"}')
         (tmp_path / f"{tag}.universal" / "zero").mkdir(parents=True)
     (tmp_path / "step-00000004.universal.partial").mkdir()  # a killed conversion
     (tmp_path / "step-00000004.universal.failed-0123abcd").write_text("x")  # a failed one's message, kept by a crash
-    Checkpointer(tmp_path, keep=2, rank=0)._prune(keep_tag="step-00000003")
+    ckpt = Checkpointer(tmp_path, keep=2, rank=0)
+    ckpt.run_id = "r"
+    ckpt._prune(keep_tag="step-00000003")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "step-00000002", "step-00000002.universal", "step-00000003", "step-00000003.universal"]
