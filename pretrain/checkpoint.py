@@ -7,7 +7,7 @@ is collective: every rank calls `save`.
 
 A checkpoint resumes on any world size and ZeRO stage: where its layout (meta `world_size`, `zero_stage`,
 `precision`, `grad_accum_dtype`) differs from the run's, it is loaded through its universal copy
-`step-00001000.universal/`, converted once and pruned with it (`pretrain/universal.py`).
+`step-00001000.universal/`, converted once and pruned with it (`pretrain/universal/`).
 
 Each checkpoint's meta records the id of the run that wrote it (`run_id`, drawn by a new run, taken over by a
 resume), and pruning only ever removes complete checkpoints of this run: whatever else sits in the folder stays.
@@ -28,15 +28,19 @@ from typing import Any, Protocol
 
 from data_prep.atomic import atomic_write_text
 from pretrain.distributed import barrier, gather
+from pretrain.ds_internals import universal_checkpoint_info
 from pretrain.universal import (
     FAILED_SUFFIX,
+    LAYOUT,
     PARTIAL_SUFFIX,
     UNIVERSAL_SUFFIX,
     ConversionError,
     describe,
     engine_layout,
     layout_changes,
+    universal_dir,
 )
+from pretrain.universal.convert import SHORT_WRITE
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +49,8 @@ POINTER = "latest"
 WEIGHTS = "model.safetensors"
 FINAL = "final.safetensors"
 FINAL_EMA = "final_ema.safetensors"
-# What a write into a full disk or over a quota raises: the OS's message, or torch's zip writer after a short write
-# ("[enforce fail at inline_container.cc:672] . unexpected pos ...", "file write failed").
-SHORT_WRITE = ("No space left", "Disk quota exceeded", "write failed", "inline_container")
 # Meta keys a resume must match. The layout keys (world_size, zero_stage, precision, grad_accum_dtype) may differ:
-# the engine state is then loaded through the checkpoint's universal copy (pretrain/universal.py).
+# the engine state is then loaded through the checkpoint's universal copy (pretrain/universal/).
 CHECKED = ("model", "img_size", "num_classes", "patch_size", "permute", "global_batch", "micro_batch")
 TAG = re.compile(r"step-\d+")
 
@@ -188,17 +189,17 @@ class Checkpointer:
         return tag
 
     def _restore_universal(self, tag: str, saved: Mapping[str, Any], changed: list[str]) -> dict[str, Any]:
-        from pretrain import universal
+        from pretrain.universal.load import restore  # imports DeepSpeed: only where a checkpoint is converted
 
         folder = self.dir / tag
-        ours = {k: self.expect.get(k) for k in universal.LAYOUT if k in self.expect}
+        ours = {k: self.expect.get(k) for k in LAYOUT if k in self.expect}
         written, here = describe(saved), describe(ours)
         if self.rank == 0:
-            copy = universal.universal_dir(folder)
+            copy = universal_dir(folder)
             log.info("checkpoint %s was written with %s; this run has %s: loading it through its universal copy "
                      "%s (%s)", tag, written, here, copy.name, "reused" if copy.is_dir() else "converting it now")
         try:
-            client_state = universal.restore(self.engine, folder, self.rank)
+            client_state = restore(self.engine, folder, self.rank)
         except ConversionError as err:
             raise CheckpointError(
                 f"cannot resume checkpoint {folder} (written with {written}) with {here} ({', '.join(changed)} "
@@ -221,17 +222,6 @@ class Checkpointer:
                 shutil.rmtree(path, ignore_errors=True)
             elif FAILED_SUFFIX in path.name and path.is_file():
                 path.unlink(missing_ok=True)
-
-
-def universal_checkpoint_info() -> dict[str, Any]:
-    """What DeepSpeed's ds_to_universal wants in the client state (it refuses a checkpoint without it)."""
-    from deepspeed.checkpoint.constants import (
-        UNIVERSAL_CHECKPOINT_INFO,
-        UNIVERSAL_CHECKPOINT_VERSION_KEY,
-        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
-    )
-
-    return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
 
 def resolve_weights(path: str | os.PathLike) -> Path:
