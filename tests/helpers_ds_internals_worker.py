@@ -20,8 +20,10 @@ from pretrain.checkpoint import Checkpointer
 from pretrain.config import PretrainConfig, load_config
 from pretrain.distributed import detect_env, free_port, init_distributed, shutdown_distributed
 from pretrain.engine import Engine
+from pretrain.export import export_weights
 from pretrain.models import create_model
 from pretrain.run_length import RunLength
+from pretrain.universal.files import WEIGHTS
 
 
 def engine(stage: int, precision: str, env) -> Engine:
@@ -49,6 +51,7 @@ def steps(eng: Engine, n: int, overflow: set[int] = frozenset()) -> None:
 
 def layout(out: Path, env) -> dict:
     facts: dict = {}
+    kept = {}
     # ZeRO-0: the bare torch optimizer, the bf16 wrapper; ZeRO-1 bf16: BF16_Optimizer; ZeRO 1/3 fp32: the ZeRO ones
     for stage, precision in ((0, "fp32"), (0, "bf16"), (1, "bf16"), (1, "fp32"), (3, "fp32")):
         name = f"zero{stage}_{precision}"
@@ -59,6 +62,8 @@ def layout(out: Path, env) -> dict:
             isinstance(getattr(ds, k, None), int) for k in dsi.STEP_COUNTERS)
         ds.save_checkpoint(str(out / name), tag="t", client_state=dsi.universal_checkpoint_info(), save_latest=False)
         folder = out / name / "t"
+        export_weights(ds, folder / WEIGHTS, env.rank)
+        kept[name] = (eng, folder)
         states_file = folder / (dsi.ZERO3_MODEL_STATES if stage == 3 else dsi.MODEL_STATES)
         facts[f"{name}: writes {states_file.name}"] = states_file.is_file()
         states = torch.load(states_file, map_location="cpu", weights_only=False)
@@ -98,7 +103,44 @@ def layout(out: Path, env) -> dict:
         k in load for k in ("load_dir", "tag", "load_optimizer_states", "load_lr_scheduler_states"))
     facts["engine.save_checkpoint(save_dir, tag, client_state, save_latest)"] = all(
         k in save for k in ("save_dir", "tag", "client_state", "save_latest"))
-    return facts
+    return {"internals": facts, "carry": carry(out, kept)}
+
+
+def carry(out: Path, kept: dict) -> dict:
+    """The dynamic loss scale through the universal copy, on CPU: an fp16 ZeRO-0 state (FP16_Optimizer's keys put
+    into the bf16 ZeRO-0 checkpoint) and a ZeRO-1 one (a dynamic scaler put into the fp32 ZeRO-1 checkpoint) are
+    converted; each copy is repaired into the other stage's live engine, its scaler made dynamic as under fp16."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
+
+    from pretrain.universal.convert import convert
+    from pretrain.universal.files import LOSS_SCALE, read_optimizer_state
+    from pretrain.universal.load import repair
+
+    (zero0, folder0), (zero1, folder1) = kept["zero0_bf16"], kept["zero1_fp32"]
+    states = torch.load(folder0 / dsi.MODEL_STATES, map_location="cpu", weights_only=False)
+    states["optimizer"].update(dynamic_loss_scale=True, cur_scale=512.0, cur_iter=7, last_overflow_iter=5,
+                               scale_factor=2.0, scale_window=1000)
+    torch.save(states, folder0 / dsi.MODEL_STATES)
+    [optim_file] = sorted(folder1.glob(dsi.OPTIM_STATES_GLOB))
+    optim = torch.load(optim_file, map_location="cpu", weights_only=False)
+    scaler = DynamicLossScaler(init_scale=2.0 ** 5, scale_window=1000, min_scale=1, delayed_shift=2,
+                               consecutive_hysteresis=False)
+    scaler.cur_iter, scaler.last_overflow_iter, scaler.cur_hysteresis = 9, 8, 1
+    optim[dsi.WRAPPED_STATE].update(loss_scaler=scaler, dynamic_loss_scale=True)
+    torch.save(optim, optim_file)
+    copies = {}
+    for name, (eng, folder) in (("zero0", kept["zero0_bf16"]), ("zero1", kept["zero1_fp32"])):
+        copies[name] = out / f"{name}.carry.universal"
+        convert(folder, copies[name], eng.module)
+    zero1.ds.optimizer.loss_scaler = DynamicLossScaler(init_scale=2.0 ** 16, scale_window=1000, min_scale=1,
+                                                       delayed_shift=2, consecutive_hysteresis=False)
+    zero0.ds.optimizer.loss_scale_config.dynamic_loss_scale = True
+    repair(zero1.ds, copies["zero0"], folder0)
+    repair(zero0.ds, copies["zero1"], folder1)
+    return {"zero0 copy": read_optimizer_state(copies["zero0"]).get(LOSS_SCALE),
+            "zero1 copy": read_optimizer_state(copies["zero1"]).get(LOSS_SCALE),
+            "zero0 -> zero1 engine": dsi.loss_scale_of(zero1.ds.optimizer),
+            "zero1 -> zero0 engine": dsi.loss_scale_of(zero0.ds.optimizer)}
 
 
 def loss_scale(out: Path, env) -> dict:

@@ -38,11 +38,26 @@ def test_the_installed_deepspeed_is_in_the_pinned_range():
         "(tests/test_ds_internals.py), then move the pin")
 
 
-def test_every_private_deepspeed_access_still_holds(tmp_path):
-    found = facts("layout", tmp_path)
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory) -> dict:
+    """One worker run over five tiny engines (they take most of its time)."""
+    return facts("layout", tmp_path_factory.mktemp("layout"))
+
+
+def test_every_private_deepspeed_access_still_holds(layout):
+    found = layout["internals"]
     assert len(found) == 48, sorted(found)
     broken = [name for name, ok in found.items() if ok is not True]
     assert not broken, f"DeepSpeed {deepspeed.__version__} changed what pretrain/ds_internals.py relies on: {broken}"
+
+
+def test_the_dynamic_loss_scale_goes_through_the_universal_copy_between_zero0_and_zero1(layout):
+    carried = layout["carry"]
+    zero0 = {"cur_scale": 512.0, "cur_iter": 7, "last_overflow_iter": 5, "cur_hysteresis": None}
+    zero1 = {"cur_scale": 32.0, "cur_iter": 9, "last_overflow_iter": 8, "cur_hysteresis": 1}
+    assert carried["zero0 copy"] == zero0 and carried["zero1 copy"] == zero1
+    assert carried["zero0 -> zero1 engine"] == {**zero0, "cur_hysteresis": 2}  # the engine's own hysteresis stays
+    assert carried["zero1 -> zero0 engine"] == {**zero1, "cur_hysteresis": None}  # ZeRO-0's scaler has none
 
 
 def scaler(scale: float, it: int, overflow: int, hysteresis: int) -> DynamicLossScaler:
