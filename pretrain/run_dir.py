@@ -7,9 +7,11 @@ weights, `metrics.json`, the resolved `config.yaml`). A training entry point sta
 - or moves it aside (`--overwrite`: the entries go to `replaced-<UTC time>/` in the run dir, nothing is deleted),
 - or is refused before any rank does any work: one line naming the dir and the ways out, exit status 2.
 
-`--resume auto` in a dir with no checkpoint starts a new run, unless the dir holds something a new run would
-overwrite (final weights, `metrics.json`, complete checkpoints without a `latest` pointer). Anything else in the dir
-(`data/`, the subset cache; `eval/`, `launch/evaluate.py`'s results; earlier `replaced-*/`) is no part of the run.
+`--resume auto` in a dir with no checkpoint starts a new run (what a killed first attempt left, its `metrics.json`
+too, is made again), unless the dir holds what a new run would not make again: final weights, complete checkpoints
+without a `latest` pointer, a `metrics.json` without the `config.yaml` every training attempt writes first
+(`launch/evaluate.py`'s). Anything else in the dir (`data/`, the subset cache; `eval/`, `launch/evaluate.py`'s
+results; earlier `replaced-*/`) is no part of the run.
 
 `claim` is called on every rank before the process group starts: every rank decides alike from the (shared) file
 system, and no rank writes before every rank has decided (the process group's start waits for all of them).
@@ -29,8 +31,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
 RUN_ENTRIES = (CHECKPOINTS, "tensorboard", "config.yaml", METRICS, FINAL, FINAL_EMA)
-# What a new run would overwrite: a run dir holding one of these (or a complete checkpoint) is resumed or refused.
-RESULTS = (METRICS, FINAL, FINAL_EMA)
 REPLACED = "replaced-"
 
 
@@ -68,7 +68,7 @@ def claim(run_dir: Path, *, resume: bool, overwrite: bool, rank: int) -> None:
             aside = move_aside(run_dir, entries)
             log.warning("--overwrite: the run in %s (%s) was moved to %s", run_dir, ", ".join(entries), aside)
         return
-    if not entries or (resume and not complete_checkpoints(run_dir) and not set(entries) & set(RESULTS)):
+    if not entries or (resume and not lasting(run_dir, entries)):
         if resume and rank == 0:
             log.info("no checkpoint in %s: starting a new run", checkpoints)
         return
@@ -78,6 +78,13 @@ def claim(run_dir: Path, *, resume: bool, overwrite: bool, rank: int) -> None:
                           "a new run with another --run-dir, or --overwrite (moves the old run aside)")
     raise RunDirError(f"{run_dir} already holds a run ({what}); continue it with --resume auto, or start a new one "
                       "with another --run-dir (or --overwrite, which moves the old run aside)")
+
+
+def lasting(run_dir: Path, entries: list[str]) -> bool:
+    """Whether `run_dir` holds what a new run would overwrite and not make again: final weights, a complete
+    checkpoint, a `metrics.json` of no training attempt (one writes `config.yaml` before any evaluation)."""
+    evaluate_results = METRICS in entries and "config.yaml" not in entries
+    return bool({FINAL, FINAL_EMA} & set(entries)) or evaluate_results or bool(complete_checkpoints(run_dir))
 
 
 def move_aside(run_dir: Path, entries: list[str]) -> Path:

@@ -85,12 +85,20 @@ def test_resume_auto_without_a_checkpoint_starts_a_new_run_and_says_so(tmp_path,
     if leftover:
         (run_dir / "checkpoints" / "step-00000010").mkdir(parents=True)  # a save killed half-way
         (run_dir / "config.yaml").write_text("x")
+        (run_dir / "metrics.json").write_text("{}")  # an evaluation at step 0, made again by the new run
         (run_dir / "tensorboard").mkdir()
         (run_dir / "tensorboard" / "events.out.tfevents.1").write_text("e")
     with caplog.at_level(logging.INFO, logger="pretrain.run_dir"):
         claim(run_dir, resume=True, overwrite=False, rank=0)
         claim(run_dir, resume=True, overwrite=False, rank=1)  # rank 0 says it
     assert caplog.messages == [f"no checkpoint in {run_dir / 'checkpoints'}: starting a new run"]
+
+
+@pytest.mark.parametrize("lasting", ["final.safetensors", "final_ema.safetensors", "metrics.json"])
+def test_resume_auto_without_latest_refuses_what_a_new_run_would_not_make_again(tmp_path, lasting):
+    (tmp_path / lasting).write_text("x")  # the final weights (checkpoints deleted); evaluate's results
+    with pytest.raises(RunDirError, match=f"holds a run \\({lasting}\\) but no"):
+        claim(tmp_path, resume=True, overwrite=False, rank=0)
 
 
 def test_resume_auto_refuses_a_run_without_latest_that_a_new_run_would_overwrite(tmp_path):
@@ -173,9 +181,9 @@ def test_a_resumed_monitor_drops_the_steps_logged_after_the_restored_one(tmp_pat
 
 def test_a_rerun_is_refused_untouched_then_resumed_keeping_the_right_checkpoints_and_tensorboard_steps(tmp_path):
     """A real run (1 process, 4 steps, checkpoints at 2 and 4, keep 2, a metrics.json). Started again in its dir with
-    another optim.lr: exit 2, one line, every byte kept. Resumed from step 2 (as if killed after logging step 4,
-    before `latest` moved): each TensorBoard step once, steps 3-8 from the resumed process; pruning keeps its
-    newest two checkpoints and a foreign one."""
+    another optim.lr: exit 2, one line, every byte kept; an evaluation into it too. Resumed from step 2 (as if
+    killed after logging step 4, before `latest` moved): each TensorBoard step once, steps 3-8 from the resumed
+    process; pruning keeps its newest two checkpoints and a foreign one."""
     shards = build_digits(tmp_path / "digits")
     cfg = str(write_config(tmp_path / "cfg.yaml", "configs/demo.yaml", {
         "data.train": str(shards), "data.workers": 1, "train.steps": 4, "checkpoint.every_steps": 2,
@@ -193,6 +201,10 @@ def test_a_rerun_is_refused_untouched_then_resumed_keeping_the_right_checkpoints
         f"error: {run_dir} already holds a run (step-00000004, tensorboard, config.yaml, metrics.json, "
         "final.safetensors); continue it with --resume auto, or start a new one with another --run-dir (or "
         "--overwrite, which moves the old run aside)"], failure(again)
+    assert snapshot(run_dir) == before
+    evaluate = run("launch/evaluate.py", 1, "--config", "configs/finetune/demo.yaml", "--checkpoint", str(run_dir),
+                   "--run-dir", str(run_dir))
+    assert evaluate.returncode == 2 and "holds a training run" in evaluate.stderr, failure(evaluate)
     assert snapshot(run_dir) == before
 
     checkpoints = run_dir / "checkpoints"
