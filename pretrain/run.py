@@ -297,11 +297,11 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETR
     """Run (or resume) the configured stage in `run_dir`. `preemption`: the flag the entry point set up first thing
     (made here otherwise). A run dir that holds a run is resumed (`resume`), moved aside (`overwrite`) or refused
     (`pretrain.run_dir`)."""
+    env = detect_env()
+    claim(run_dir, resume=resume, overwrite=overwrite, rank=env.rank)  # every rank, before any rank writes
     check_data_paths(cfg, stage)  # a wrong path is reported in seconds, before the process group starts
     flag = preemption or PreemptionFlag()
     try:
-        env = detect_env()
-        claim(run_dir, resume=resume, overwrite=overwrite, rank=env.rank)  # every rank, before any writes
         init_distributed(env)
         run = Run(cfg, run_dir, env, stage)
         try:

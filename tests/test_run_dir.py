@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from pretrain.checkpoint import Checkpointer, CheckpointError
 from pretrain.monitor import Monitor
 from pretrain.run_dir import RunDirError, check_eval_dir, claim
-from tests.helpers_runs import build_digits, failure, run, write_config
+from tests.helpers_runs import ROOT, build_digits, env, failure, run, write_config
 
 PRETRAIN = "launch/pretrain.py"
 
@@ -226,3 +228,21 @@ def test_a_rerun_is_refused_untouched_then_resumed_keeping_the_right_checkpoints
     events = acc.Scalars("train/loss")
     assert [e.step for e in events] == list(range(1, 9))
     assert [e.wall_time >= started for e in events] == [False, False] + [True] * 6
+
+
+def test_two_ranks_refuse_alike_before_either_writes(tmp_path):
+    """Each rank decides from the file system before the process group starts (first of all the checks): two ranks
+    as torchrun starts them, stopped before they would meet."""
+    run_dir = finished_run(tmp_path / "run")
+    before = snapshot(run_dir)
+    cfg = str(write_config(tmp_path / "cfg.yaml", "configs/demo.yaml", {"data.train": str(tmp_path / "no data")}))
+    torchrun = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    ranks = [subprocess.Popen([sys.executable, PRETRAIN, "--config", cfg, "--run-dir", str(run_dir)], cwd=ROOT,
+                              env={**env(), **torchrun, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    errors = [(p.wait(timeout=300), p.stderr.read().strip().splitlines()[-1]) for p in ranks]
+    message = (f"error: {run_dir} already holds a run (step-00000003, tensorboard, config.yaml, metrics.json, "
+               "final.safetensors); continue it with --resume auto, or start a new one with another --run-dir (or "
+               "--overwrite, which moves the old run aside)")
+    assert errors == [(2, f"[rank 0] {message}"), (2, f"[rank 1] {message}")]
+    assert snapshot(run_dir) == before
