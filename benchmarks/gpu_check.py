@@ -371,7 +371,7 @@ def smoke(check: Check, s: Settings, digits: Path) -> None:
     data = [f"data.train={digits / 'train'}"] + ([f"schedule.warmup_steps={s.smoke_warmup}"] if s.smoke_warmup else [])
     size = [f"model.img_size={s.finetune_img}"]
     where = "CPU, gloo" if s.dry_run else "1 GPU, nccl"
-    pretrain = [py, "launch/pretrain.py", "--config", DEMO, "--run-dir", str(pre)]
+    pretrain = [py, "launch/pretrain.py", "--config", DEMO, "--run-dir", str(pre), "--overwrite"]  # a kept --work-dir
     cadence = [f"checkpoint.every_steps={s.checkpoint_every}", f"logging.every_steps={s.smoke_log_every}"]
     what = {
         "pretrain": f"demo pretrain: mixer_demo 32 px, {s.pretrain_steps} steps, checkpoint every {s.checkpoint_every}",
@@ -429,7 +429,7 @@ def smoke(check: Check, s: Settings, digits: Path) -> None:
     if not (pre / "final.safetensors").is_file():
         check.add([failed("1", f"{what['finetune']}; {what['evaluate']}", "not run: no pretrained weights")])
         return
-    finetune = [py, "launch/finetune.py", "--config", DEMO_FINETUNE, "--run-dir", str(tune), "--set",
+    finetune = [py, "launch/finetune.py", "--config", DEMO_FINETUNE, "--run-dir", str(tune), "--overwrite", "--set",
                 f"init.path={pre}", *data, *size, f"data.val={digits / 'val'}", f"train.steps={s.finetune_steps}",
                 f"fewshot.enabled={str(s.finetune_fewshot).lower()}"]
     if not check.entry_point("1", "finetune", finetune, b["finetune"], what["finetune"],

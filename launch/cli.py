@@ -24,9 +24,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pretrain.evaluators.errors import EvalError
     from pretrain.models import WeightsError
     from pretrain.run import TrainingError
+    from pretrain.run_dir import RunDirError
 
     return (ConfigError, DataError, WeightsError, CheckpointError, TrainingError, FinetuneError, EvalError,
-            DistributedSetupError, RankFailedError)
+            DistributedSetupError, RankFailedError, RunDirError)
 
 
 def rank() -> int:
@@ -59,7 +60,11 @@ def run_parser(description: str) -> argparse.ArgumentParser:
                         help="dotted overrides, e.g. --set optim.lr=3e-3 train.zero_stage=3 (repeatable)")
     parser.add_argument("--run-dir", default=None, help="output folder (default: runs/<config name>)")
     parser.add_argument("--resume", choices=["auto", "never"], default="never",
-                        help="auto: continue from the run dir's latest checkpoint when there is one")
+                        help="auto: continue from the run dir's latest checkpoint when there is one; never (the "
+                             "default) refuses a run dir that already holds a run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a run dir that holds one, moving the old run into "
+                             "RUN_DIR/replaced-<UTC time>/ (nothing is deleted)")
     add_launcher_arguments(parser)
     return parser
 

@@ -28,7 +28,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fewshot", action="store_true", help="also run the few-shot linear evaluation")
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides (repeatable)")
-    parser.add_argument("--run-dir", default=None, help="where metrics.json goes (default: runs/<config>/eval)")
+    parser.add_argument("--run-dir", default=None, help="where metrics.json goes (default: runs/<config>/eval); never "
+                        "a training run's dir")
     add_launcher_arguments(parser)
     return parser.parse_args(argv)
 
@@ -52,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.evaluators.build import build_evaluators
     from pretrain.evaluators.runner import Evaluations
     from pretrain.monitor import Monitor
-    from pretrain.run import METRICS, build_model
+    from pretrain.run import build_model
+    from pretrain.run_dir import METRICS, check_eval_dir
 
     env = detect_env()
-    init_distributed(env)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem / "eval"
+    check_eval_dir(run_dir)  # every rank, before any writes: never into a training run's dir
+    init_distributed(env)
     specs = {**default_evals(cfg), **cfg.evals}
     evaluators = build_evaluators(specs, cfg, env, exact_classes=True)
     dtype = DTYPES[cfg.train.precision]

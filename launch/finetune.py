@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.run import METRICS, train
 
     run_dir = run_dir_for(args.config, args.run_dir)
-    result = train(cfg, run_dir, resume=args.resume == "auto", stage=FINETUNE, preemption=PREEMPTION)
+    result = train(cfg, run_dir, resume=args.resume == "auto", stage=FINETUNE, preemption=PREEMPTION,
+                   overwrite=args.overwrite)
     metrics = run_dir / METRICS
     if not result.preempted and rank() == 0 and metrics.is_file():
         summary = json.loads(metrics.read_text())

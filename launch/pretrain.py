@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, PretrainConfig, args.set)  # before the slow imports: a typo fails at once
     from pretrain.run import train
 
-    result = train(cfg, run_dir_for(args.config, args.run_dir), resume=args.resume == "auto", preemption=PREEMPTION)
+    result = train(cfg, run_dir_for(args.config, args.run_dir), resume=args.resume == "auto", preemption=PREEMPTION,
+                   overwrite=args.overwrite)
     return result.exit_code
 
 

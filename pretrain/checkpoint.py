@@ -7,7 +7,10 @@ is collective: every rank calls `save`.
 
 A checkpoint resumes on any world size and ZeRO stage: where its layout (meta `world_size`, `zero_stage`,
 `precision`, `grad_accum_dtype`) differs from the run's, it is loaded through its universal copy
-`step-00001000.universal/`, converted once and pruned with it (`pretrain/universal.py`).
+`step-00001000.universal/`, converted once and pruned with it (`pretrain/universal/`).
+
+Each checkpoint's meta records the id of the run that wrote it (`run_id`, drawn by a new run, taken over by a
+resume), and pruning only ever removes complete checkpoints of this run: whatever else sits in the folder stays.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,15 +28,19 @@ from typing import Any, Protocol
 
 from data_prep.atomic import atomic_write_text
 from pretrain.distributed import barrier, gather
+from pretrain.ds_internals import universal_checkpoint_info
 from pretrain.universal import (
     FAILED_SUFFIX,
+    LAYOUT,
     PARTIAL_SUFFIX,
     UNIVERSAL_SUFFIX,
     ConversionError,
     describe,
     engine_layout,
     layout_changes,
+    universal_dir,
 )
+from pretrain.universal.convert import SHORT_WRITE
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +49,8 @@ POINTER = "latest"
 WEIGHTS = "model.safetensors"
 FINAL = "final.safetensors"
 FINAL_EMA = "final_ema.safetensors"
-# What a write into a full disk or over a quota raises: the OS's message, or torch's zip writer after a short write
-# ("[enforce fail at inline_container.cc:672] . unexpected pos ...", "file write failed").
-SHORT_WRITE = ("No space left", "Disk quota exceeded", "write failed", "inline_container")
 # Meta keys a resume must match. The layout keys (world_size, zero_stage, precision, grad_accum_dtype) may differ:
-# the engine state is then loaded through the checkpoint's universal copy (pretrain/universal.py).
+# the engine state is then loaded through the checkpoint's universal copy (pretrain/universal/).
 CHECKED = ("model", "img_size", "num_classes", "patch_size", "permute", "global_batch", "micro_batch")
 TAG = re.compile(r"step-\d+")
 
@@ -66,6 +71,8 @@ class Checkpointer:
 
     `meta` is what a resume must match (a mismatch is a one-line CheckpointError), and the layout (world size,
     ZeRO stage), which may differ; the engine's precision and gradient accumulation dtype are added to it.
+    `run_id` names the run in the metas it writes (rank 0's matters: it writes them and prunes); `restore` takes
+    over the restored checkpoint's.
     `every_steps` sets when `due` says a periodic save is due. `state_dict` of a component may be a collective
     (every rank calls `save`).
     """
@@ -77,6 +84,7 @@ class Checkpointer:
         self.engine = engine
         self.states = dict(states or {})
         self.expect = {**(meta or {}), **engine_layout(engine)}
+        self.run_id: str | None = secrets.token_hex(8)
 
     def latest_tag(self) -> str | None:
         pointer = self.dir / POINTER
@@ -102,11 +110,17 @@ class Checkpointer:
         tag = f"step-{step:08d}"
         client_state = {name: component.state_dict() for name, component in self.states.items()}
         client_state.update(universal_checkpoint_info())
+        in_the_way = None
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(self.dir / tag, ignore_errors=True)  # a half-written save of the same step
-            shutil.rmtree(self.dir / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)  # converted from the old one
-        barrier()
+            if (self.dir / tag / META).is_file() and self.meta(tag).get("run_id") != self.run_id:
+                in_the_way = f"{self.dir / tag} is a checkpoint of another run; move it away or start in a new run dir"
+            else:
+                shutil.rmtree(self.dir / tag, ignore_errors=True)  # a half-written save of the same step
+                shutil.rmtree(self.dir / (tag + UNIVERSAL_SUFFIX), ignore_errors=True)  # converted from the old one
+        in_the_way = gather(in_the_way)[0]  # and every rank waits for rank 0's clean-up
+        if in_the_way:
+            raise CheckpointError(in_the_way)
         failure = None
         try:
             self.engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
@@ -122,7 +136,8 @@ class Checkpointer:
         self._check_written(tag, failure)
         if self.rank == 0:
             try:
-                atomic_write_text(self.dir / tag / META, json.dumps({**self.expect, "step": step}, indent=1))
+                atomic_write_text(self.dir / tag / META,
+                                  json.dumps({**self.expect, "step": step, "run_id": self.run_id}, indent=1))
                 atomic_write_text(self.dir / POINTER, tag + "\n")
             except OSError as err:
                 failure = err
@@ -176,20 +191,21 @@ class Checkpointer:
                                   "settings it was written with or start a new run dir")
         for name, component in self.states.items():
             component.load_state_dict(client_state[name])
+        self.run_id = saved.get("run_id")  # None: written before runs had ids, and so are the resumed run's
         return tag
 
     def _restore_universal(self, tag: str, saved: Mapping[str, Any], changed: list[str]) -> dict[str, Any]:
-        from pretrain import universal
+        from pretrain.universal.load import restore  # imports DeepSpeed: only where a checkpoint is converted
 
         folder = self.dir / tag
-        ours = {k: self.expect.get(k) for k in universal.LAYOUT if k in self.expect}
+        ours = {k: self.expect.get(k) for k in LAYOUT if k in self.expect}
         written, here = describe(saved), describe(ours)
         if self.rank == 0:
-            copy = universal.universal_dir(folder)
+            copy = universal_dir(folder)
             log.info("checkpoint %s was written with %s; this run has %s: loading it through its universal copy "
                      "%s (%s)", tag, written, here, copy.name, "reused" if copy.is_dir() else "converting it now")
         try:
-            client_state = universal.restore(self.engine, folder, self.rank)
+            client_state = restore(self.engine, folder, self.rank)
         except ConversionError as err:
             raise CheckpointError(
                 f"cannot resume checkpoint {folder} (written with {written}) with {here} ({', '.join(changed)} "
@@ -197,11 +213,12 @@ class Checkpointer:
         return client_state
 
     def _prune(self, keep_tag: str) -> None:
-        """Remove incomplete folders and all but the newest `keep` complete checkpoints, each with its universal
-        copy; and what a killed conversion left."""
+        """Remove incomplete folders and all but the newest `keep` complete checkpoints of this run (`run_id`),
+        each with its universal copy; and what a killed conversion left. Another run's checkpoints stay."""
         tags = sorted(p.name for p in self.dir.glob("step-*") if p.is_dir() and TAG.fullmatch(p.name))
         complete = [t for t in tags if (self.dir / t / META).is_file()]
-        doomed = [t for t in tags if t not in complete and t != keep_tag] + complete[: -self.keep]
+        ours = [t for t in complete if self.meta(t).get("run_id") == self.run_id]
+        doomed = [t for t in tags if t not in complete and t != keep_tag] + ours[: -self.keep]
         for tag in doomed:
             shutil.rmtree(self.dir / tag, ignore_errors=True)
         kept = set(complete) - set(doomed)
@@ -211,17 +228,6 @@ class Checkpointer:
                 shutil.rmtree(path, ignore_errors=True)
             elif FAILED_SUFFIX in path.name and path.is_file():
                 path.unlink(missing_ok=True)
-
-
-def universal_checkpoint_info() -> dict[str, Any]:
-    """What DeepSpeed's ds_to_universal wants in the client state (it refuses a checkpoint without it)."""
-    from deepspeed.checkpoint.constants import (
-        UNIVERSAL_CHECKPOINT_INFO,
-        UNIVERSAL_CHECKPOINT_VERSION_KEY,
-        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
-    )
-
-    return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
 
 def resolve_weights(path: str | os.PathLike) -> Path:

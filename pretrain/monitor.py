@@ -3,6 +3,9 @@
 Only global rank 0 writes (a SummaryWriter in ``run_dir/tensorboard``); on other ranks, or when disabled,
 every method does nothing, so the trainer calls them unconditionally. Watch a run with ``tensorboard
 --logdir runs/``.
+
+A resumed run opens the writer with ``purge_step`` (:meth:`Monitor.open`): TensorBoard then drops what an earlier
+attempt logged after the restored checkpoint, so every step is shown once, with the value of the run that went on.
 """
 
 from __future__ import annotations
@@ -84,11 +87,28 @@ class Monitor:
         self.total_steps = total_steps
         self.every_steps = every_steps
         self._emit = emit
+        self._log_dir = Path(run_dir) / TENSORBOARD_SUBDIR
         self._writer = None
+        self._opened = False
+
+    def open(self, first_step: int | None = None) -> None:
+        """Open the writer for a run whose next step to log is `first_step` (0 for a new run, the restored step + 1
+        after a resume): the events an earlier attempt logged at or after it are dropped (TensorBoard's
+        `purge_step`). None, or no call (the first write opens the writer), keeps every earlier event."""
+        if self._opened:
+            raise RuntimeError("Monitor.open: the writer is already open (call it before the first write)")
+        self._opened = True
         if self.active:
             from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: only where it writes
 
-            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_SUBDIR), flush_secs=30)
+            self._writer = SummaryWriter(log_dir=str(self._log_dir), flush_secs=30, purge_step=first_step)
+
+    @property
+    def writer(self):
+        """The SummaryWriter (opened at the first write), or None where this monitor writes nothing."""
+        if not self._opened:
+            self.open()
+        return self._writer
 
     def due(self, step: int) -> bool:
         """True on the steps where the trainer should log: every ``every_steps`` and the last step."""
@@ -96,35 +116,35 @@ class Monitor:
 
     def log_scalars(self, step: int, scalars: Mapping[str, float | torch.Tensor]) -> None:
         """Write each ``tag: value`` (a number or a one-element tensor) at ``step``."""
-        if self._writer is None:
+        if self.writer is None:
             return
         wall_time = time.time()
         for tag, value in scalars.items():
-            self._writer.add_scalar(tag, float(value), global_step=step, walltime=wall_time)
+            self.writer.add_scalar(tag, float(value), global_step=step, walltime=wall_time)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """The run's resolved config as a text panel (YAML) and as hparams, so runs can be told apart."""
-        if self._writer is None:
+        if self.writer is None:
             return
         import yaml
         from torch.utils.tensorboard.summary import hparams
 
         text = "```yaml\n" + yaml.safe_dump(dict(config), sort_keys=False) + "```"
-        self._writer.add_text("config", text, global_step=0)
+        self.writer.add_text("config", text, global_step=0)
         flat = {k: v for k, v in flatten(config).items() if isinstance(v, (int, float, str, bool))}
         for summary in hparams(flat, {}):
-            self._writer.file_writer.add_summary(summary)
+            self.writer.file_writer.add_summary(summary)
 
     def log_image(self, tag: str, step: int, image: torch.Tensor) -> None:
         """Write a (C, H, W) or (H, W) image with values in [0, 1] (C is 1 or 3)."""
-        if self._writer is None:
+        if self.writer is None:
             return
         if image.dim() == 2:
             image = image.unsqueeze(0)
         if image.dim() != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"image {tag!r} must be (H, W) or (1|3, H, W), got shape {tuple(image.shape)}")
         pixels = image.detach().float().clamp(0, 1).cpu()
-        self._writer.add_image(tag, pixels, global_step=step, dataformats="CHW")
+        self.writer.add_image(tag, pixels, global_step=step, dataformats="CHW")
 
     def progress(self, step: int, loss: float, lr: float, window: ThroughputWindow) -> None:
         """Emit the progress line for ``step`` (rank 0 only)."""

@@ -44,6 +44,7 @@ from pretrain.models import create_model, is_mixer, mixer_flops_per_image, save_
 from pretrain.monitor import Monitor
 from pretrain.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested
 from pretrain.rng_state import RNGStates
+from pretrain.run_dir import METRICS, claim
 from pretrain.run_length import resolve_run_length, resolved_config
 from pretrain.throughput import StepTimer
 from pretrain.train_data import TrainData, skipped_samples
@@ -53,7 +54,6 @@ from pretrain.weight_images import token_mixing_image
 log = logging.getLogger(__name__)
 
 PROBE_IMAGES = 8  # images of a step's batch on which a ConViT's gating and nonlocality are measured
-METRICS = "metrics.json"
 
 
 class TrainingError(RuntimeError):
@@ -161,8 +161,10 @@ class Run:
     def run(self, preemption: PreemptionFlag, resume: bool) -> TrainResult:
         """Restore; while not done: step, then each component does what is due at this step; save when due."""
         steps, state = self.length.steps, self.state
-        if resume and self.checkpointer.restore() is not None:
+        restored = resume and self.checkpointer.restore() is not None
+        if restored:
             log.info("resumed from step %d", state.step)
+        self.monitor.open(first_step=state.step + 1 if restored else 0)  # drops what an earlier attempt logged later
         if self.env.rank == 0:
             resolved = resolved_config(self.cfg, self.length)
             save_config(resolved, self.run_dir / "config.yaml")
@@ -298,13 +300,15 @@ def mean_over_ranks(value: float, device: torch.device) -> float:
 
 
 def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETRAIN,
-          preemption: PreemptionFlag | None = None) -> TrainResult:
+          preemption: PreemptionFlag | None = None, overwrite: bool = False) -> TrainResult:
     """Run (or resume) the configured stage in `run_dir`. `preemption`: the flag the entry point set up first thing
-    (made here otherwise)."""
+    (made here otherwise). A run dir that holds a run is resumed (`resume`), moved aside (`overwrite`) or refused
+    (`pretrain.run_dir`)."""
+    env = detect_env()
+    claim(run_dir, resume=resume, overwrite=overwrite, rank=env.rank)  # every rank, before any rank writes
     check_data_paths(cfg, stage)  # a wrong path is reported in seconds, before the process group starts
     flag = preemption or PreemptionFlag()
     try:
-        env = detect_env()
         init_distributed(env, cfg.train.collective_timeout_s)
         run = Run(cfg, run_dir, env, stage)
         try:

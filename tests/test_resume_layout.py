@@ -1,4 +1,4 @@
-"""A run resumed on another world size and ZeRO stage, through DeepSpeed's universal checkpoint (pretrain/universal.py).
+"""A run resumed on another world size and ZeRO stage, through DeepSpeed's universal checkpoint (pretrain/universal/).
 
 Pinned with real runs, launched as users launch them: the step-6 checkpoint of a 2-rank ZeRO-1 bf16 run resumes on
 1 rank with ZeRO-1, on 2 ranks with ZeRO-3 and on 1 rank with ZeRO-0 (bf16 accumulation, as that stage needs).
@@ -29,7 +29,9 @@ from torch import nn
 from pretrain.checkpoint import Checkpointer, CheckpointError
 from pretrain.models import create_model
 from pretrain.rng_state import RNGStates, rng_state, seed_rank
-from pretrain.universal import engine_layout, ensure_universal, layout_changes, read_param
+from pretrain.universal import engine_layout, layout_changes
+from pretrain.universal.convert import ensure_universal
+from pretrain.universal.files import read_param
 from tests.helpers_runs import ROOT, build_digits, command, env, failure, scalars, write_config
 
 PRETRAIN = "launch/pretrain.py"
@@ -261,10 +263,12 @@ def test_a_refused_conversion_is_one_line_and_leaves_nothing_that_looks_converte
 def test_converted_copies_are_pruned_with_their_checkpoints(tmp_path):
     for tag in ("step-00000001", "step-00000002", "step-00000003"):
         (tmp_path / tag).mkdir()
-        (tmp_path / tag / "meta.json").write_text("{}")
+        (tmp_path / tag / "meta.json").write_text('{"run_id": "r"}')
         (tmp_path / f"{tag}.universal" / "zero").mkdir(parents=True)
     (tmp_path / "step-00000004.universal.partial").mkdir()  # a killed conversion
     (tmp_path / "step-00000004.universal.failed-0123abcd").write_text("x")  # a failed one's message, kept by a crash
-    Checkpointer(tmp_path, keep=2, rank=0)._prune(keep_tag="step-00000003")
+    ckpt = Checkpointer(tmp_path, keep=2, rank=0)
+    ckpt.run_id = "r"
+    ckpt._prune(keep_tag="step-00000003")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "step-00000002", "step-00000002.universal", "step-00000003", "step-00000003.universal"]
