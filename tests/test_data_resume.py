@@ -95,3 +95,35 @@ def test_merge_states_refuses_states_of_different_steps(tmp_path):
     with pytest.raises(DataError, match=r"^cannot merge data states with different step: 2 vs 3$"):
         merge_states([a, b])
     assert sorted(merge_states([a, a])["streams"]) == ["0"]
+
+
+def test_resume_with_another_shuffle_buffer_or_shard_list_is_refused(tmp_path):
+    """The position depends on the shuffle buffer and on the shards: a resume with either changed would repeat and
+    skip samples silently, so each is recorded in the state and checked."""
+    m = load_manifest(write_dataset(str(tmp_path / "a"), [10, 10]))
+    state = take(loader(m, workers=0), 2)[-1]["state"]
+    assert state["layout"]["shuffle_buffer"] == 5 and state["layout"]["shards"] == m.digest
+    with pytest.raises(DataError) as e:
+        build_train_loader(m, micro_batch=2, accum=2, rank=0, world_size=1, workers=0, seed=5, transform=TRANSFORM,
+                           shuffle_buffer=6, state=state)
+    assert str(e.value) == (
+        "cannot resume the data order: it was saved with shuffle_buffer=5 (data.shuffle_buffer), "
+        "this run has shuffle_buffer=6"
+    )
+
+
+def test_resume_on_other_shards_of_the_same_size_is_refused(tmp_path):
+    m = load_manifest(write_dataset(str(tmp_path / "a"), [10, 10]))
+    other = load_manifest(write_dataset(str(tmp_path / "b"), [12, 8]))  # same num_samples, other shards
+    state = take(loader(m, workers=0), 2)[-1]["state"]
+    with pytest.raises(DataError, match=r"^cannot resume the data order: it was saved with shards=[0-9a-f]{16} "
+                                        r"\(the shard list changed: names, sizes or checksums of data.train\), "
+                                        r"this run has shards=[0-9a-f]{16}$"):
+        loader(other, workers=0, state=state)
+
+
+def test_a_state_of_another_version_is_a_clear_error(tmp_path):
+    m = load_manifest(write_dataset(str(tmp_path), [10, 10]))
+    state = dict(take(loader(m, workers=0), 2)[-1]["state"], version=1)
+    with pytest.raises(DataError, match=r"^cannot resume the data order: the data state has version 1, this code"):
+        loader(m, workers=0, state=state)

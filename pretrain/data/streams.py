@@ -49,6 +49,8 @@ class StreamLayout:
     micro_batch: int
     seed: int
     subset: str = "all"  # Manifest.subset: which samples of the shards are read
+    shuffle_buffer: int = 0  # raw samples each stream's shuffle buffer holds
+    shards: str = ""  # digest of the shard list (names, sizes, checksums): Manifest.digest
 
     @property
     def num_streams(self) -> int:
@@ -85,6 +87,8 @@ def make_layout(
     workers: int,
     seed: int,
     subset: str = "all",
+    shuffle_buffer: int = 0,
+    shards: str = "",
 ) -> StreamLayout:
     """Validate the batch arguments and build the layout (workers=0 counts as one worker)."""
     for name, value in (("micro_batch", micro_batch), ("accum", accum), ("world_size", world_size)):
@@ -92,9 +96,11 @@ def make_layout(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    layout = StreamLayout(num_samples, accum * world_size, max(workers, 1), micro_batch, seed, subset)
+    if seed < 0 or shuffle_buffer < 0:
+        raise ValueError(f"seed and shuffle_buffer must be >= 0, got {seed} and {shuffle_buffer}")
+    layout = StreamLayout(
+        num_samples, accum * world_size, max(workers, 1), micro_batch, seed, subset, shuffle_buffer, shards
+    )
     if layout.range_size < micro_batch:
         raise ValueError(
             f"dataset too small: {num_samples} samples over {layout.num_streams} streams "

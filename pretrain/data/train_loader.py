@@ -162,13 +162,13 @@ def build_train_loader(
         workers=workers,
         seed=seed,
         subset=manifest.subset,
+        shuffle_buffer=shuffle_buffer,
+        shards=manifest.digest,
     )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    if shuffle_buffer < 0 or prefetch < 1:
-        raise ValueError(
-            f"shuffle_buffer must be >= 0 and prefetch >= 1, got {shuffle_buffer} and {prefetch}"
-        )
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be >= 1, got {prefetch}")
     vranks = rank_virtual_ranks(rank, accum)
     ids = [layout.stream_id(v, w) for v in vranks for w in range(layout.workers)]
     if state is None:
