@@ -171,7 +171,7 @@ def test_train_loader_reads_each_kept_sample_once_per_epoch_and_nothing_else(hal
     wanted = {key for key, _ in kept(labels, sub.selections)}
     assert sub.num_samples == len(wanted) == 40
     ld = loader(sub)
-    assert ld.steps_per_epoch == 10
+    assert ld.steps_per_round == 10
     items = take(ld, 20)
     for epoch in (items[:10], items[10:]):
         keys = [k for item in epoch for k in item["key"]]

@@ -1,12 +1,11 @@
 """One training stream: an endless sequence of decoded samples with a resumable position.
 
-Stream s reads its range of epoch 0, then of epoch 1, ... (see streams.py). Each epoch's raw samples pass a
-shuffle buffer seeded from (seed, epoch, s); the n-th raw sample drawn from it (its position) is decoded and
-augmented with the global RNGs seeded from (seed, epoch, s, n). An epoch delivers `layout.epoch_quota` good
-samples (whole micro-batches); the rest of the range is slack that replaces corrupt samples. If corrupt
-samples eat more than the slack, the stream goes on into the next epoch.
+Stream s reads its range of round 0, then of round 1, ... (see streams.py). Each round's raw samples pass a
+shuffle buffer seeded from (seed, round, s); the n-th raw sample drawn from it (its position) is decoded and
+augmented with the global RNGs seeded from (seed, round, s, n). A round's range is whole micro-batches; a corrupt
+sample is skipped and the next one takes its place, so the stream then runs ahead into its next round's range.
 
-The state (epoch, position, good count) is exact: a new stream built from it replays the epoch's range
+The state (round, position, good count) is exact: a new stream built from it replays the round's range
 through the shuffle buffer without decoding, drops `pos` draws and continues exactly where the old one was.
 """
 
@@ -28,18 +27,18 @@ from .streams import AUGMENT, SHUFFLE_BUFFER, StreamLayout, mix_seed, stream_pie
 
 log = logging.getLogger(__name__)
 
-# A stream that finds no usable sample in this many epochs in a row raises instead of reading forever.
-MAX_EMPTY_EPOCHS = 3
+# A stream that finds no usable sample in this many rounds in a row raises instead of reading forever.
+MAX_EMPTY_ROUNDS = 3
 
 
 @dataclass
 class StreamState:
-    """Where a stream is. Counters cover all epochs; the other fields the current epoch."""
+    """Where a stream is. Counters cover all rounds; the other fields the current round."""
 
-    epoch: int = 0
-    pos: int = 0  # raw samples drawn from the shuffle buffer this epoch, corrupt ones included
-    good: int = 0  # good samples delivered this epoch
-    truncation_events: int = 0  # short shards met this epoch (so a replay does not count them twice)
+    round: int = 0
+    pos: int = 0  # raw samples drawn from the shuffle buffer this round, corrupt ones included
+    good: int = 0  # good samples delivered this round
+    truncation_events: int = 0  # short shards met this round (so a replay does not count them twice)
     corrupt: int = 0  # corrupt samples skipped
     truncated: int = 0  # short or unreadable shards met
 
@@ -98,7 +97,7 @@ class SampleStream:
         self.state = state
         self._draws: Iterator[dict] | None = None
         self._counted_truncations = 0
-        self._empty_epochs = 0
+        self._empty_rounds = 0
 
     def take(self, n: int) -> tuple[list[torch.Tensor], list[int], list[str]]:
         """The next n good samples (images, labels, keys)."""
@@ -108,14 +107,14 @@ class SampleStream:
         st = self.state
         while len(images) < n:
             if self._draws is None:
-                self._open_epoch()
+                self._open_round()
             raw = next(self._draws, None)
             if raw is None:
-                self._end_epoch()
+                self._end_round()
                 continue
             position = st.pos
             st.pos += 1
-            seed_globals(mix_seed(self.layout.seed, AUGMENT, st.epoch, self.id, position))
+            seed_globals(mix_seed(self.layout.seed, AUGMENT, st.round, self.id, position))
             try:
                 image, label = decode_sample(raw, self.transform, self.num_classes)
             except CorruptSample as exc:
@@ -123,13 +122,13 @@ class SampleStream:
                 log.warning(
                     "skipping corrupt sample %s in %s: %s", raw.get("__key__"), raw.get("__url__"), exc
                 )
-                continue
-            images.append(image)
-            labels.append(label)
-            keys.append(raw["__key__"])
-            st.good += 1
-            if st.good == self.layout.epoch_quota:
-                self._end_epoch()
+            else:
+                images.append(image)
+                labels.append(label)
+                keys.append(raw["__key__"])
+                st.good += 1
+            if st.pos == self.layout.range_size:  # every position of the round drawn
+                self._end_round()
         return images, labels, keys
 
     def close(self) -> None:
@@ -138,28 +137,28 @@ class SampleStream:
             self._draws.close()
             self._draws = None
 
-    def _open_epoch(self) -> None:
+    def _open_round(self) -> None:
         st = self.state
-        pieces = stream_pieces(self.shard_sizes, self.layout, st.epoch, self.id)
-        rng = random.Random(mix_seed(self.layout.seed, SHUFFLE_BUFFER, st.epoch, self.id))
+        pieces = stream_pieces(self.shard_sizes, self.layout, st.round, self.id)
+        rng = random.Random(mix_seed(self.layout.seed, SHUFFLE_BUFFER, st.round, self.id))
         self._counted_truncations = st.truncation_events
         st.truncation_events = 0
         self._draws = shuffle_buffer(
             read_pieces(self.urls, pieces, self._on_truncated, self.selections), self.buffer_size, rng
         )
-        for _ in range(st.pos):  # replay a resumed epoch without decoding
+        for _ in range(st.pos):  # replay a resumed round without decoding
             next(self._draws, None)
 
-    def _end_epoch(self) -> None:
+    def _end_round(self) -> None:
         st = self.state
-        self._empty_epochs = self._empty_epochs + 1 if st.good == 0 else 0
-        if self._empty_epochs >= MAX_EMPTY_EPOCHS:
+        self._empty_rounds = self._empty_rounds + 1 if st.good == 0 else 0
+        if self._empty_rounds >= MAX_EMPTY_ROUNDS:
             raise DataError(
-                f"stream {self.id} found no usable sample in {MAX_EMPTY_EPOCHS} epochs in a row "
-                f"(last: epoch {st.epoch}, {self.layout.range_size} samples each): are the shards broken?"
+                f"stream {self.id} found no usable sample in {MAX_EMPTY_ROUNDS} rounds in a row "
+                f"(last: round {st.round}, {self.layout.range_size} samples each): are the shards broken?"
             )
         self.close()
-        st.epoch, st.pos, st.good, st.truncation_events = st.epoch + 1, 0, 0, 0
+        st.round, st.pos, st.good, st.truncation_events = st.round + 1, 0, 0, 0
 
     def _on_truncated(self, url: str, reason: str) -> None:
         st = self.state

@@ -102,7 +102,7 @@ class TrainLoader:
         self, loader: DataLoader, layout: StreamLayout, first_step: int, states: dict[int, StreamState]
     ):
         self.layout = layout
-        self.steps_per_epoch = layout.steps_per_epoch
+        self.steps_per_round = layout.steps_per_round
         self.next_step = first_step
         self._loader = loader
         self._iter: Iterator[dict] | None = None
