@@ -49,6 +49,11 @@ def index_path(shard: str) -> str:
     return shard + INDEX_SUFFIX
 
 
+def is_meta(name: str) -> bool:
+    """Whether webdataset's tar iterator skips a member of this name (``__key__``-style metadata)."""
+    return _META.match(name) is not None
+
+
 def split_name(name: str) -> tuple[str | None, str]:
     """(key, extension) of a member name as webdataset splits it; key None for names it skips."""
     match = _KEY.match(name)
@@ -67,7 +72,7 @@ def scan_tar(tar: tarfile.TarFile) -> list[IndexEntry]:
     key: str | None = None
     label = NO_LABEL
     for info in tar:
-        if not info.isreg() or _META.match(info.name):
+        if not info.isreg() or is_meta(info.name):
             continue
         member_key, ext = split_name(info.name)
         if member_key is None:

@@ -90,7 +90,6 @@ def test_the_next_raw_sample_takes_a_corrupt_samples_place_and_counts(tmp_path):
         "round": 1,
         "pos": 7,
         "good": 6,
-        "truncation_events": 0,
         "corrupt": 7,
         "truncated": 0,
     }

@@ -1,11 +1,12 @@
 """Exact mid-epoch resume: same keys, same image tensors, same counters; layout mismatches are errors."""
 
 import json
+import os
 
 import pytest
 import torch
 
-from pretrain.data import DataError, build_train_loader, load_manifest, merge_states, train_transform
+from pretrain.data import DataError, build_train_loader, load_manifest, merge_states, offset_reader, train_transform
 from tests.helpers_shards import encode, make_image, sample, truncate, write_dataset
 
 TRANSFORM = train_transform(16, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25)
@@ -127,3 +128,42 @@ def test_a_state_of_another_version_is_a_clear_error(tmp_path):
     state = dict(take(loader(m, workers=0), 2)[-1]["state"], version=1)
     with pytest.raises(DataError, match=r"^cannot resume the data order: the data state has version 1, this code"):
         loader(m, workers=0, state=state)
+
+
+class _CountingFile:
+    """A binary file that adds what it reads to `counter`."""
+
+    def __init__(self, path, counter):
+        self.f, self.counter = open(path, "rb"), counter  # noqa: SIM115
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.counter[0] += len(data)
+        return data
+
+    def seek(self, *args):
+        return self.f.seek(*args)
+
+    def close(self):
+        self.f.close()
+
+
+@pytest.mark.timeout(120)
+def test_resume_reads_the_shuffle_buffer_not_the_epoch(tmp_path, monkeypatch):
+    """Resumed at 180 of an epoch's 240 samples, the stream replays the buffer's draws on indices and fetches only
+    the samples then in the buffer, plus its next micro-batch, by offset; the batches stay bit-identical."""
+    m = load_manifest(write_dataset(str(tmp_path), [60, 60, 60, 60], size=(8, 8)))
+
+    def one_stream(state=None):
+        return build_train_loader(m, micro_batch=2, accum=1, rank=0, world_size=1, workers=0, seed=3,
+                                  transform=TRANSFORM, shuffle_buffer=6, state=state)
+
+    uninterrupted = take(one_stream(), 100)
+    state = json.loads(json.dumps(take(one_stream(), 90)[-1]["state"]))
+    read = [0]
+    monkeypatch.setattr(offset_reader, "open", lambda path, mode: _CountingFile(path, read), raising=False)
+    resumed = one_stream(merge_states([state]))
+    first = next(resumed)
+    largest = max(os.path.getsize(f"{tmp_path}/shard-{i:04d}.tar") for i in range(4)) / 60 * 2  # > any sample
+    assert read[0] <= (6 + 2) * largest  # the 6 buffered samples and one more micro-batch
+    assert_same_steps([first] + take(resumed, 9), uninterrupted[90:])

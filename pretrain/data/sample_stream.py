@@ -1,28 +1,32 @@
 """One training stream: an endless sequence of decoded samples with a resumable position.
 
-Stream s reads its range of round 0, then of round 1, ... (see streams.py). Each round's raw samples pass a
+Stream s reads its range of round 0, then of round 1, ... (see streams.py). Each round's Q positions pass a
 shuffle buffer seeded from (seed, round, s); the n-th raw sample drawn from it (its position) is decoded and
 augmented with the global RNGs seeded from (seed, round, s, n). A round's range is whole micro-batches; a corrupt
 sample is skipped and the next one takes its place, so the stream then runs ahead into its next round's range.
 
-The state (round, position, good count) is exact: a new stream built from it replays the round's range
-through the shuffle buffer without decoding, drops `pos` draws and continues exactly where the old one was.
+The shuffle buffer runs on range indices (`IndexShuffle`); the bytes behind them come from `RangeReader` by offset.
+The state (round, position, good count) is exact and cheap to resume: a new stream replays `pos` draws on indices
+(no bytes read), fetches the samples then in the buffer by offset and reads on from where the buffer's input stopped.
+A sample that cannot be read (a short shard) is drawn as `Missing` and skipped; the first of each run counts one
+short shard, at its draw, so the counters of a resumed stream equal the uninterrupted one's.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from .decode import CorruptSample, decode_sample
-from .manifest import DataError
+from .manifest import DataError, Shard
+from .offset_reader import Missing, RangeReader
 from .rng import seed_globals
-from .shard_reader import read_pieces
+from .shard_reader import RawSample
 from .streams import AUGMENT, SHUFFLE_BUFFER, StreamLayout, mix_seed, stream_pieces
 
 log = logging.getLogger(__name__)
@@ -36,11 +40,10 @@ class StreamState:
     """Where a stream is. Counters cover all rounds; the other fields the current round."""
 
     round: int = 0
-    pos: int = 0  # raw samples drawn from the shuffle buffer this round, corrupt ones included
+    pos: int = 0  # samples drawn from the shuffle buffer this round, corrupt and missing ones included
     good: int = 0  # good samples delivered this round
-    truncation_events: int = 0  # short shards met this round (so a replay does not count them twice)
     corrupt: int = 0  # corrupt samples skipped
-    truncated: int = 0  # short or unreadable shards met
+    truncated: int = 0  # short or unreadable shards met (runs of missing samples)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -50,23 +53,35 @@ class StreamState:
         return cls(**{k: int(v) for k, v in d.items()})
 
 
-def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Items in a random order that only looks `size` items ahead; deterministic given `rng`."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list[Any] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        yield buf[i]
-        buf[i] = item
-    while buf:
-        i = rng.randrange(len(buf))
-        buf[i], buf[-1] = buf[-1], buf[i]
-        yield buf.pop()
+class IndexShuffle:
+    """The indices 0..n-1 in the order a shuffle buffer of `size` items yields them, one draw at a time.
+
+    The buffer is filled with the first `size` indices; each draw then takes a random slot and puts the next
+    index in its place; once the input is exhausted, random slots are drawn until the buffer is empty. `buffer`
+    (the indices held) and `next_in` (the next index to enter) are the whole state besides the RNG.
+    """
+
+    def __init__(self, n: int, size: int, rng: random.Random):
+        self.n, self.size, self.rng = n, max(size, 1), rng
+        self.buffer: list[int] = []
+        self.next_in = 0
+
+    def draw(self) -> int:
+        """The next index; n draws yield each index once."""
+        if self.size == 1:
+            self.next_in += 1
+            return self.next_in - 1
+        while len(self.buffer) < self.size and self.next_in < self.n:
+            self.buffer.append(self.next_in)
+            self.next_in += 1
+        if self.next_in < self.n:
+            i = self.rng.randrange(self.size)
+            out, self.buffer[i] = self.buffer[i], self.next_in
+            self.next_in += 1
+            return out
+        i = self.rng.randrange(len(self.buffer))
+        self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
+        return self.buffer.pop()
 
 
 class SampleStream:
@@ -77,26 +92,27 @@ class SampleStream:
         self,
         stream_id: int,
         layout: StreamLayout,
-        urls: Sequence[str],
+        shards: Sequence[Shard],
         shard_sizes: Sequence[int],
         *,
         num_classes: int,
         transform: Any,
-        buffer_size: int,
         state: StreamState,
         selections: Sequence[Sequence[int]] | None = None,
     ):
         self.id = stream_id
         self.layout = layout
-        self.urls = urls
+        self.shards = shards
         self.shard_sizes = shard_sizes
         self.selections = selections
         self.num_classes = num_classes
         self.transform = transform
-        self.buffer_size = buffer_size
         self.state = state
-        self._draws: Iterator[dict] | None = None
-        self._counted_truncations = 0
+        self._shuffle: IndexShuffle | None = None
+        self._reader: RangeReader | None = None
+        self._input: Iterator[RawSample | Missing] | None = None
+        self._held: dict[int, RawSample | Missing] = {}  # the samples of the indices in the buffer
+        self._read_to = 0  # indices below this were read from `_input`
         self._empty_rounds = 0
 
     def take(self, n: int) -> tuple[list[torch.Tensor], list[int], list[str]]:
@@ -106,48 +122,57 @@ class SampleStream:
         keys: list[str] = []
         st = self.state
         while len(images) < n:
-            if self._draws is None:
+            if self._shuffle is None:
                 self._open_round()
-            raw = next(self._draws, None)
-            if raw is None:
-                self._end_round()
-                continue
+            raw = self._draw()
             position = st.pos
             st.pos += 1
-            seed_globals(mix_seed(self.layout.seed, AUGMENT, st.round, self.id, position))
-            try:
-                image, label = decode_sample(raw, self.transform, self.num_classes)
-            except CorruptSample as exc:
-                st.corrupt += 1
-                log.warning(
-                    "skipping corrupt sample %s in %s: %s", raw.get("__key__"), raw.get("__url__"), exc
-                )
+            if isinstance(raw, Missing):
+                if raw.first:
+                    st.truncated += 1
+                    log.warning("stream %d: a shard %s; it goes on with its next samples", self.id, raw.reason)
             else:
-                images.append(image)
-                labels.append(label)
-                keys.append(raw["__key__"])
-                st.good += 1
+                seed_globals(mix_seed(self.layout.seed, AUGMENT, st.round, self.id, position))
+                try:
+                    image, label = decode_sample(raw, self.transform, self.num_classes)
+                except CorruptSample as exc:
+                    st.corrupt += 1
+                    log.warning("skipping corrupt sample %s in %s: %s", raw["__key__"], raw["__url__"], exc)
+                else:
+                    images.append(image)
+                    labels.append(label)
+                    keys.append(raw["__key__"])
+                    st.good += 1
             if st.pos == self.layout.range_size:  # every position of the round drawn
                 self._end_round()
         return images, labels, keys
 
     def close(self) -> None:
-        """Close the open shard, if any."""
-        if self._draws is not None:
-            self._draws.close()
-            self._draws = None
+        """Close the open shard, if any, and drop the buffer."""
+        if self._input is not None:
+            self._input.close()
+        self._shuffle = self._reader = self._input = None
+        self._held = {}
 
     def _open_round(self) -> None:
         st = self.state
         pieces = stream_pieces(self.shard_sizes, self.layout, st.round, self.id)
         rng = random.Random(mix_seed(self.layout.seed, SHUFFLE_BUFFER, st.round, self.id))
-        self._counted_truncations = st.truncation_events
-        st.truncation_events = 0
-        self._draws = shuffle_buffer(
-            read_pieces(self.urls, pieces, self._on_truncated, self.selections), self.buffer_size, rng
-        )
-        for _ in range(st.pos):  # replay a resumed round without decoding
-            next(self._draws, None)
+        self._shuffle = IndexShuffle(self.layout.range_size, self.layout.shuffle_buffer, rng)
+        self._reader = RangeReader(self.shards, pieces, self.selections)
+        for _ in range(st.pos):  # a resumed round: replay the draws on indices, no bytes read
+            self._shuffle.draw()
+        # the samples in the buffer by offset, in file order
+        self._held = {i: self._reader.fetch(i) for i in sorted(self._shuffle.buffer)}
+        self._read_to = self._shuffle.next_in
+        self._input = self._reader.sequential(self._read_to)
+
+    def _draw(self) -> RawSample | Missing:
+        i = self._shuffle.draw()
+        while self._read_to < self._shuffle.next_in:  # the indices that entered the buffer
+            self._held[self._read_to] = next(self._input)
+            self._read_to += 1
+        return self._held.pop(i)
 
     def _end_round(self) -> None:
         st = self.state
@@ -158,11 +183,4 @@ class SampleStream:
                 f"(last: round {st.round}, {self.layout.range_size} samples each): are the shards broken?"
             )
         self.close()
-        st.round, st.pos, st.good, st.truncation_events = st.round + 1, 0, 0, 0
-
-    def _on_truncated(self, url: str, reason: str) -> None:
-        st = self.state
-        st.truncation_events += 1
-        if st.truncation_events > self._counted_truncations:
-            st.truncated += 1
-            log.warning("shard %s %s; stream %d goes on with its next samples", url, reason, self.id)
+        st.round, st.pos, st.good = st.round + 1, 0, 0

@@ -40,9 +40,8 @@ class _RankSteps(IterableDataset):
         first_step: int,
         states: dict[int, StreamState],
         transform: Any,
-        buffer_size: int,
     ):
-        self.urls = [s.url for s in manifest.shards]
+        self.shards = manifest.shards
         self.shard_sizes = manifest.shard_sizes
         self.selections = manifest.selections
         self.num_classes = manifest.num_classes
@@ -51,7 +50,6 @@ class _RankSteps(IterableDataset):
         self.first_step = first_step
         self.states = states
         self.transform = transform
-        self.buffer_size = buffer_size
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -85,11 +83,10 @@ class _RankSteps(IterableDataset):
         return SampleStream(
             stream_id,
             self.layout,
-            self.urls,
+            self.shards,
             self.shard_sizes,
             num_classes=self.num_classes,
             transform=self.transform,
-            buffer_size=self.buffer_size,
             state=StreamState.from_dict(self.states[stream_id].to_dict()),
             selections=self.selections,
         )
@@ -176,7 +173,7 @@ def build_train_loader(
     else:
         check_state(state, layout)
         first_step, states = int(state["step"]), stream_states(state, ids)
-    dataset = _RankSteps(manifest, layout, vranks, first_step, states, transform, shuffle_buffer)
+    dataset = _RankSteps(manifest, layout, vranks, first_step, states, transform)
     # No persistent_workers: the TrainLoader makes one endless iterator, whose workers live as long as it does.
     extra = dict(prefetch_factor=prefetch) if workers > 0 else {}
     # A private generator: creating the iterator then draws no number from torch's global RNG.

@@ -1,0 +1,187 @@
+"""The raw samples of one stream's round range, fetched by byte offset from the shard indices (shard_index.py).
+
+Range index i (0 <= i < Q) is the i-th position of the stream's pieces (streams.py); the index maps it to bytes
+[offset, offset + size) of a shard, a small tar of that sample alone. `sequential(start)` reads positions start, start
++ 1, ... with one open file per piece (seeking over samples a subset does not keep), `fetch(i)` reads one sample; a
+resumed stream fetches its shuffle buffer and then reads on from where the buffer's input stopped, so it reads
+O(buffer) samples, never the epoch before them.
+
+A sample whose bytes cannot be read whole or parsed is `Missing`: a pure function of the shard's bytes and its index,
+so an uninterrupted run and a resumed one see the same ones. Its `first` flag marks the first of a run of missing
+samples in a piece (one short shard met), found by looking at the sample before it.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO, NamedTuple
+
+from webdataset.gopen import gopen
+
+from data_prep.index import is_meta, split_name
+
+from .manifest import Shard, is_remote
+from .shard_index import ShardIndex, shard_index
+from .shard_reader import READ_ERRORS, RawSample
+from .streams import Piece
+
+_SKIP_CHUNK = 1 << 20
+
+
+class Missing(NamedTuple):
+    """A sample that could not be read; `first`: the first missing one of its run in its piece."""
+
+    first: bool
+    reason: str
+
+
+def parse_sample(data: bytes, url: str) -> RawSample:
+    """{"__key__", "__url__", ext: bytes, ...} of the bytes of one sample's tar members (as webdataset groups them)."""
+    sample: RawSample = {"__url__": url}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar:
+            key, ext = split_name(info.name) if info.isreg() and not is_meta(info.name) else (None, "")
+            if key is None:
+                continue
+            if sample.setdefault("__key__", key) != key:
+                raise ValueError(f"holds two samples ({sample['__key__']}, {key}): the index is stale")
+            sample[ext.lower()] = tar.extractfile(info).read()
+    if "__key__" not in sample:
+        raise ValueError("holds no sample member: the index is stale")
+    return sample
+
+
+def open_shard(url: str, remote: bool) -> BinaryIO:
+    """A binary stream of the shard at `url` from byte 0 (a local file is seekable)."""
+    return gopen(url) if remote else open(url, "rb")  # noqa: SIM115 (the caller closes it)
+
+
+class _Cursor:
+    """One open shard, read forward; a local file seeks, a remote stream reads and discards."""
+
+    def __init__(self, shard: Shard):
+        self.shard = shard
+        self.remote = is_remote(shard.name)
+        self.file: BinaryIO | None = None
+        self.pos = 0
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self.file is None or (self.remote and offset < self.pos):
+            self.close()
+            self.file, self.pos = open_shard(self.shard.url, self.remote), 0
+        if self.remote:
+            while self.pos < offset:
+                self.pos += len(self.file.read(min(_SKIP_CHUNK, offset - self.pos)) or b"") or offset - self.pos
+        elif self.pos != offset:
+            self.file.seek(offset)
+        data = self.file.read(size)
+        self.pos = offset + len(data)
+        return data
+
+    def close(self) -> None:
+        if self.file is not None:
+            try:
+                self.file.close()
+            except READ_ERRORS:  # a pipe: command closed early may exit non-zero
+                pass
+            self.file = None
+
+
+class RangeReader:
+    """The samples of `pieces` (one stream's round) by range index."""
+
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        pieces: Sequence[Piece],
+        selections: Sequence[Sequence[int]] | None = None,
+        index_of: Callable[[Shard], ShardIndex] = shard_index,
+    ):
+        self.shards, self.pieces, self.selections, self.index_of = shards, pieces, selections, index_of
+        self.starts: list[int] = []
+        total = 0
+        for p in pieces:
+            self.starts.append(total)
+            total += p.count
+        self.size = total
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        """(piece number, in-shard sample index) of range index i."""
+        lo, hi = 0, len(self.pieces) - 1
+        while lo < hi:  # the last piece starting at or before i
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.starts[mid] <= i else (lo, mid - 1)
+        p = self.pieces[lo]
+        k = p.start + i - self.starts[lo]
+        return lo, (k if self.selections is None else self.selections[p.shard][k])
+
+    def _read(self, cursor: _Cursor, i: int) -> RawSample | str:
+        """Sample i, or why it cannot be read."""
+        n, k = self._locate(i)
+        shard = self.shards[self.pieces[n].shard]
+        index = self.index_of(shard)
+        offset, size = index.offsets[k], index.sizes[k]
+        try:
+            data = cursor.read(offset, size)
+        except READ_ERRORS as exc:
+            cursor.close()
+            return f"unreadable at sample {k}: {_first_line(exc)}"
+        if len(data) < size:
+            return f"ended before sample {k} (at byte {offset + len(data)} of {offset + size})"
+        try:
+            return parse_sample(data, shard.url)
+        except (*READ_ERRORS, KeyError) as exc:
+            return f"sample {k} is not a tar sample: {_first_line(exc)}"
+
+    def _first_of_run(self, i: int) -> bool:
+        """Whether a missing sample i is the first missing one of its piece's run (sample i - 1 was readable)."""
+        n, _ = self._locate(i)
+        if i == self.starts[n]:
+            return True
+        cursor = _Cursor(self.shards[self.pieces[n].shard])
+        try:
+            return isinstance(self._read(cursor, i - 1), dict)
+        finally:
+            cursor.close()
+
+    def fetch(self, i: int) -> RawSample | Missing:
+        """Sample i alone (one open, one seek)."""
+        n, _ = self._locate(i)
+        cursor = _Cursor(self.shards[self.pieces[n].shard])
+        try:
+            got = self._read(cursor, i)
+        finally:
+            cursor.close()
+        return got if isinstance(got, dict) else Missing(self._first_of_run(i), got)
+
+    def sequential(self, start: int) -> Iterator[RawSample | Missing]:
+        """Samples start, start + 1, ..., with one open shard per piece."""
+        cursor: _Cursor | None = None
+        piece = -1
+        readable = True  # was the previous sample of this piece read?
+        try:
+            for i in range(start, self.size):
+                n, _ = self._locate(i)
+                if n != piece:
+                    if cursor is not None:
+                        cursor.close()
+                    cursor, piece = _Cursor(self.shards[self.pieces[n].shard]), n
+                    readable = i == self.starts[n] or None  # None: unknown (resumed inside the piece)
+                got = self._read(cursor, i)
+                if isinstance(got, dict):
+                    readable = True
+                    yield got
+                    continue
+                first = self._first_of_run(i) if readable is None else readable
+                readable = False
+                yield Missing(first, got)
+        finally:
+            if cursor is not None:
+                cursor.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.split(" @ ")[0].splitlines()[0][:200] if text else type(exc).__name__
