@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..preemption import shield_worker, worker_signals_blocked
+from ..preemption import worker_signals_blocked
+from .dataloader import make_dataloader
 from .manifest import Manifest
 from .rng import preserved_globals
 from .sample_stream import SampleStream, StreamState
@@ -164,8 +165,6 @@ def build_train_loader(
     )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    if prefetch < 1:
-        raise ValueError(f"prefetch must be >= 1, got {prefetch}")
     vranks = rank_virtual_ranks(rank, accum)
     ids = [layout.stream_id(v, w) for v in vranks for w in range(layout.workers)]
     if state is None:
@@ -174,17 +173,6 @@ def build_train_loader(
         check_state(state, layout)
         first_step, states = int(state["step"]), stream_states(state, ids)
     dataset = _RankSteps(manifest, layout, vranks, first_step, states, transform)
-    # No persistent_workers: the TrainLoader makes one endless iterator, whose workers live as long as it does.
-    extra = dict(prefetch_factor=prefetch) if workers > 0 else {}
-    # A private generator: creating the iterator then draws no number from torch's global RNG.
-    private = torch.Generator()
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        generator=private,
-        worker_init_fn=shield_worker,
-        **extra,
-    )
+    # Not persistent: the TrainLoader makes one endless iterator, whose workers live as long as it does.
+    loader = make_dataloader(dataset, workers=workers, pin_memory=pin_memory, prefetch=prefetch, persistent=False)
     return TrainLoader(loader, layout, first_step, states)
