@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from pretrain.data import DataError, build_train_loader, load_manifest, merge_states, offset_reader, train_transform
+from pretrain.data import DataError, build_train_loader, load_manifest, merge_states, remote, train_transform
 from tests.helpers_shards import encode, make_image, sample, truncate, write_dataset
 
 TRANSFORM = train_transform(16, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25)
@@ -161,7 +161,7 @@ def test_resume_reads_the_shuffle_buffer_not_the_epoch(tmp_path, monkeypatch):
     uninterrupted = take(one_stream(), 100)
     state = json.loads(json.dumps(take(one_stream(), 90)[-1]["state"]))
     read = [0]
-    monkeypatch.setattr(offset_reader, "open", lambda path, mode: _CountingFile(path, read), raising=False)
+    monkeypatch.setattr(remote, "open", lambda path, mode: _CountingFile(path, read), raising=False)
     resumed = one_stream(merge_states([state]))
     first = next(resumed)
     largest = max(os.path.getsize(f"{tmp_path}/shard-{i:04d}.tar") for i in range(4)) / 60 * 2  # > any sample

@@ -16,18 +16,22 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO, NamedTuple
-
-from webdataset.gopen import gopen
+from typing import NamedTuple
 
 from data_prep.index import is_meta, split_name
 
 from .manifest import Shard, is_remote
+from .remote import RETRYABLE, ShardFile
 from .shard_index import ShardIndex, shard_index
 from .shard_reader import READ_ERRORS, RawSample
 from .streams import Piece
 
-_SKIP_CHUNK = 1 << 20
+
+class _Failure(NamedTuple):
+    """Why a sample could not be read; `io`: the shard could not be read there (after the retries of remote.py)."""
+
+    reason: str
+    io: bool = False
 
 
 class Missing(NamedTuple):
@@ -51,42 +55,6 @@ def parse_sample(data: bytes, url: str) -> RawSample:
     if "__key__" not in sample:
         raise ValueError("holds no sample member: the index is stale")
     return sample
-
-
-def open_shard(url: str, remote: bool) -> BinaryIO:
-    """A binary stream of the shard at `url` from byte 0 (a local file is seekable)."""
-    return gopen(url) if remote else open(url, "rb")  # noqa: SIM115 (the caller closes it)
-
-
-class _Cursor:
-    """One open shard, read forward; a local file seeks, a remote stream reads and discards."""
-
-    def __init__(self, shard: Shard):
-        self.shard = shard
-        self.remote = is_remote(shard.name)
-        self.file: BinaryIO | None = None
-        self.pos = 0
-
-    def read(self, offset: int, size: int) -> bytes:
-        if self.file is None or (self.remote and offset < self.pos):
-            self.close()
-            self.file, self.pos = open_shard(self.shard.url, self.remote), 0
-        if self.remote:
-            while self.pos < offset:
-                self.pos += len(self.file.read(min(_SKIP_CHUNK, offset - self.pos)) or b"") or offset - self.pos
-        elif self.pos != offset:
-            self.file.seek(offset)
-        data = self.file.read(size)
-        self.pos = offset + len(data)
-        return data
-
-    def close(self) -> None:
-        if self.file is not None:
-            try:
-                self.file.close()
-            except READ_ERRORS:  # a pipe: command closed early may exit non-zero
-                pass
-            self.file = None
 
 
 class RangeReader:
@@ -117,7 +85,11 @@ class RangeReader:
         k = p.start + i - self.starts[lo]
         return lo, (k if self.selections is None else self.selections[p.shard][k])
 
-    def _read(self, cursor: _Cursor, i: int) -> RawSample | str:
+    def _file(self, piece: int) -> ShardFile:
+        shard = self.shards[self.pieces[piece].shard]
+        return ShardFile(shard.url, is_remote(shard.name), shard.bytes)
+
+    def _read(self, cursor: ShardFile, i: int) -> RawSample | _Failure:
         """Sample i, or why it cannot be read."""
         n, k = self._locate(i)
         shard = self.shards[self.pieces[n].shard]
@@ -125,22 +97,21 @@ class RangeReader:
         offset, size = index.offsets[k], index.sizes[k]
         try:
             data = cursor.read(offset, size)
-        except READ_ERRORS as exc:
-            cursor.close()
-            return f"unreadable at sample {k}: {_first_line(exc)}"
+        except RETRYABLE as exc:
+            return _Failure(f"{shard.url} unreadable at sample {k}: {_first_line(exc)}", io=True)
         if len(data) < size:
-            return f"ended before sample {k} (at byte {offset + len(data)} of {offset + size})"
+            return _Failure(f"{shard.url} ended before sample {k} (at byte {offset + len(data)} of {offset + size})")
         try:
             return parse_sample(data, shard.url)
         except (*READ_ERRORS, KeyError) as exc:
-            return f"sample {k} is not a tar sample: {_first_line(exc)}"
+            return _Failure(f"{shard.url}: sample {k} is not a tar sample: {_first_line(exc)}")
 
     def _first_of_run(self, i: int) -> bool:
         """Whether a missing sample i is the first missing one of its piece's run (sample i - 1 was readable)."""
         n, _ = self._locate(i)
         if i == self.starts[n]:
             return True
-        cursor = _Cursor(self.shards[self.pieces[n].shard])
+        cursor = self._file(n)
         try:
             return isinstance(self._read(cursor, i - 1), dict)
         finally:
@@ -149,39 +120,41 @@ class RangeReader:
     def fetch(self, i: int) -> RawSample | Missing:
         """Sample i alone (one open, one seek)."""
         n, _ = self._locate(i)
-        cursor = _Cursor(self.shards[self.pieces[n].shard])
+        cursor = self._file(n)
         try:
             got = self._read(cursor, i)
         finally:
             cursor.close()
-        return got if isinstance(got, dict) else Missing(self._first_of_run(i), got)
+        return got if isinstance(got, dict) else Missing(self._first_of_run(i), got.reason)
 
     def sequential(self, start: int) -> Iterator[RawSample | Missing]:
-        """Samples start, start + 1, ..., with one open shard per piece."""
-        cursor: _Cursor | None = None
+        """Samples start, start + 1, ..., with one open shard per piece. Once a piece's shard cannot be read (its
+        retries spent), the rest of the piece is missing without further requests."""
+        cursor: ShardFile | None = None
         piece = -1
-        readable = True  # was the previous sample of this piece read?
+        readable: bool | None = True  # was the previous sample of this piece read? None: unknown
+        dead: _Failure | None = None  # why the rest of this piece cannot be read
         try:
             for i in range(start, self.size):
                 n, _ = self._locate(i)
                 if n != piece:
                     if cursor is not None:
                         cursor.close()
-                    cursor, piece = _Cursor(self.shards[self.pieces[n].shard]), n
-                    readable = i == self.starts[n] or None  # None: unknown (resumed inside the piece)
-                got = self._read(cursor, i)
+                    cursor, piece, dead = self._file(n), n, None
+                    readable = i == self.starts[n] or None  # None: resumed inside the piece
+                got = dead or self._read(cursor, i)
                 if isinstance(got, dict):
                     readable = True
                     yield got
                     continue
                 first = self._first_of_run(i) if readable is None else readable
-                readable = False
-                yield Missing(first, got)
+                readable, dead = False, got if got.io else None
+                yield Missing(first, got.reason)
         finally:
             if cursor is not None:
                 cursor.close()
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if exc.args else type(exc).__name__
-    return text.split(" @ ")[0].splitlines()[0][:200] if text else type(exc).__name__
+    text = str(exc).split(" @ ")[0].strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -130,7 +130,7 @@ class SampleStream:
             if isinstance(raw, Missing):
                 if raw.first:
                     st.truncated += 1
-                    log.warning("stream %d: a shard %s; it goes on with its next samples", self.id, raw.reason)
+                    log.warning("stream %d: a short shard: %s; it goes on with its next samples", self.id, raw.reason)
             else:
                 seed_globals(mix_seed(self.layout.seed, AUGMENT, st.round, self.id, position))
                 try:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import tarfile
+import urllib.error
 from dataclasses import dataclass
 from functools import lru_cache
-
-from webdataset.gopen import gopen
 
 from data_prep.atomic import atomic_write_text
 from data_prep.errors import DataPrepError
 from data_prep.index import NO_LABEL, IndexEntry, format_index, index_path, parse_index, scan_shard, scan_tar
 
 from .manifest import DataError, Shard, is_remote
+from .remote import ShardFile
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,17 @@ def _read_text(shard: Shard) -> str | None:
         if not is_remote(shard.name):
             with open(path, encoding="utf-8") as f:
                 return f.read()
-        with gopen(path) as f:
-            return f.read().decode("utf-8")
+        reader = ShardFile(path, remote=True)
+        try:
+            return reader.read_all().decode("utf-8")
+        finally:
+            reader.close()
     except FileNotFoundError:
         return None
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise DataError(f"cannot read the index {path} of shard {shard.url}: {exc}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         if is_remote(shard.name):
             raise DataError(f"cannot read the index {path} of shard {shard.url} ({exc}): build it with "
@@ -66,12 +73,15 @@ def _read_text(shard: Shard) -> str | None:
 
 def _stream_pipe(shard: Shard) -> list[IndexEntry]:
     log.info("indexing the pipe: shard %s (streamed once)", shard.url)
+    stream = ShardFile(shard.url, remote=True, size=shard.bytes).stream()
     try:
-        with gopen(shard.url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
             return scan_tar(tar)
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         raise DataError(f"cannot index shard {shard.url}: {str(exc).splitlines()[0][:200] if str(exc) else exc!r}"
                         ) from None
+    finally:
+        stream.close()
 
 
 def _build_local(shard: Shard) -> list[IndexEntry]:
