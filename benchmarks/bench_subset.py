@@ -1,7 +1,7 @@
 """Data subsets: how fast the label scan runs, and what reading a 10 % subset of a shard costs against all of it.
 
 Shards of ImageNet-like samples (a 110 KB `jpg` member of random bytes, never decoded here, plus `cls` and `json`),
-1000 per shard. Timed: scan_labels over local shards (random access: image bytes are seeked over) and over
+1000 per shard. Timed: scan_labels over local shards (from their indices, no shard read) and over
 `pipe:cat` URLs (streamed whole); read_pieces of whole shards, without and with a 10 % selection. The files were
 just written, so they come from the page cache: these are CPU costs, not disk speed.
 
