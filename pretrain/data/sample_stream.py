@@ -7,7 +7,9 @@ sample is skipped and the next one takes its place, so the stream then runs ahea
 
 The shuffle buffer runs on range indices (`IndexShuffle`); the bytes behind them come from `RangeReader` by offset.
 The state (round, position, good count) is exact and cheap to resume: a new stream replays `pos` draws on indices
-(no bytes read), fetches the samples then in the buffer by offset and reads on from where the buffer's input stopped.
+(no bytes read) and reads on from where the buffer's input stopped; a sample that was in the buffer at the save is
+fetched by offset when it is drawn. Before its first step a resumed stream reads about two samples per draw, and
+over the round each sample once, as the uninterrupted stream does.
 A sample that cannot be read (a short shard) is drawn as `Missing` and skipped; the first of each run counts one
 short shard, at its draw, so the counters of a resumed stream equal the uninterrupted one's.
 """
@@ -112,6 +114,7 @@ class SampleStream:
         self._reader: RangeReader | None = None
         self._input: Iterator[RawSample | Missing] | None = None
         self._held: dict[int, RawSample | Missing] = {}  # the samples of the indices in the buffer
+        self._unread: set[int] = set()  # indices in the buffer at a resume, fetched by offset when drawn
         self._read_to = 0  # indices below this were read from `_input`
         self._empty_rounds = 0
 
@@ -152,7 +155,7 @@ class SampleStream:
         if self._input is not None:
             self._input.close()
         self._shuffle = self._reader = self._input = None
-        self._held = {}
+        self._held, self._unread = {}, set()
 
     def _open_round(self) -> None:
         st = self.state
@@ -162,8 +165,7 @@ class SampleStream:
         self._reader = RangeReader(self.shards, pieces, self.selections)
         for _ in range(st.pos):  # a resumed round: replay the draws on indices, no bytes read
             self._shuffle.draw()
-        # the samples in the buffer by offset, in file order
-        self._held = {i: self._reader.fetch(i) for i in sorted(self._shuffle.buffer)}
+        self._unread = set(self._shuffle.buffer)
         self._read_to = self._shuffle.next_in
         self._input = self._reader.sequential(self._read_to)
 
@@ -172,6 +174,9 @@ class SampleStream:
         while self._read_to < self._shuffle.next_in:  # the indices that entered the buffer
             self._held[self._read_to] = next(self._input)
             self._read_to += 1
+        if i in self._unread:
+            self._unread.remove(i)
+            return self._reader.fetch(i)
         return self._held.pop(i)
 
     def _end_round(self) -> None:
