@@ -98,7 +98,7 @@ def _build_local(shard: Shard) -> list[IndexEntry]:
     return entries
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=64)  # a stream needs a few shards at a time; an index is ~100 bytes per sample
 def shard_index(shard: Shard) -> ShardIndex:
     """The index of `shard`, checked against its manifest entry (cached per process)."""
     text = _read_text(shard)
