@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from data_prep import manifest as prep_manifest
-from pretrain.data import build_train_loader, describe_assignment, load_manifest, merge_states, remote, train_transform
+from pretrain.data import (
+    DataError,
+    build_train_loader,
+    describe_assignment,
+    load_manifest,
+    merge_states,
+    remote,
+    train_transform,
+)
+from pretrain.data.shard_index import shard_index
 from tests.helpers_http import FaultyServer
 from tests.helpers_shards import write_dataset
 
@@ -107,3 +116,19 @@ def test_a_pipe_shard_whose_command_dies_is_run_again_and_read_on_from_the_byte_
     assert all(os.path.getsize(tmp_path / f"ran-{i}") >= 3 for i in range(3))  # index, failed read, retries
     for a, b in zip(local, piped, strict=True):
         assert a["key"] == b["key"] and torch.equal(a["image"], b["image"]) and b["truncated"] == 0
+
+
+def test_a_local_shard_without_an_index_gets_one_on_first_use_and_an_http_one_is_a_clear_error(tmp_path, shards):
+    folder = os.path.dirname(shards)
+    for i in range(3):
+        os.remove(f"{folder}/shard-{i:04d}.tar.idx")
+    m = load_manifest(shards)
+    assert len(take(loader(m), 15)) == 15  # a round: every shard read
+    assert all(os.path.isfile(f"{folder}/shard-{i:04d}.tar.idx") for i in range(3))
+    os.remove(f"{folder}/shard-0000.tar.idx")
+    with FaultyServer(folder) as server:
+        m = load_manifest(http_manifest(shards, tmp_path / "http", server.url))
+        with pytest.raises(DataError) as e:
+            shard_index(m.shards[0])
+    assert str(e.value) == (f"shard {server.url}/shard-0000.tar has no index {server.url}/shard-0000.tar.idx: build it "
+                            "with `python -m data_prep index <folder of the shards>` and upload it beside the shard")
