@@ -3,8 +3,8 @@
 Range index i (0 <= i < Q) is the i-th position of the stream's pieces (streams.py); the index maps it to bytes
 [offset, offset + size) of a shard, a small tar of that sample alone. `sequential(start)` reads positions start, start
 + 1, ... with one open file per piece (seeking over samples a subset does not keep), `fetch(i)` reads one sample; a
-resumed stream fetches its shuffle buffer and then reads on from where the buffer's input stopped, so it reads
-O(buffer) samples, never the epoch before them.
+resumed stream reads on from where the buffer's input stopped and fetches each sample that was in the buffer when
+it is drawn, so it never reads the epoch before them.
 
 A sample whose bytes cannot be read whole or parsed is `Missing`: a pure function of the shard's bytes and its index,
 so an uninterrupted run and a resumed one see the same ones. Its `first` flag marks the first of a run of missing
