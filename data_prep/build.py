@@ -7,11 +7,13 @@ result equals an uninterrupted build. Too many unreadable images stop the build 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 from data_prep import outdir
 from data_prep.errors import DataPrepError
+from data_prep.index import write_index
 from data_prep.manifest import make_manifest, write_manifest
 from data_prep.options import BuildOptions
 from data_prep.plan import Plan, difference, make_plan
@@ -128,6 +130,8 @@ def build(options: BuildOptions, log: Callable[[str], None] = print) -> dict:
     records = _finish_blocks(plan, source, options, done, log)
     skipped = sorted((s for record in records for s in record.skipped), key=lambda s: s["path"])
     shards = outdir.place(options.out, state, records, plan.prefix)
+    for shard in shards:  # before the manifest: a finished build has its indices
+        write_index(os.path.join(options.out, shard["name"]))
     counts = [sum(record.class_counts[c] for record in records) for c in range(len(plan.classes))]
     manifest = make_manifest(options.layout, options.recorded(), plan.classes, shards, skipped, counts)
     write_manifest(options.out, manifest)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m data_prep build ...`` and ``python -m data_prep verify OUT [--decode]``.
+"""Command line: ``python -m data_prep build ...``, ``verify OUT [--decode]`` and ``index SHARDS...``.
 
 User mistakes and bad input print one line on stderr and exit 2; ``verify`` exits 1 when the shards do not
 match their manifest.
@@ -7,11 +7,15 @@ match their manifest.
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import re
 import sys
 
 from data_prep.build import build
 from data_prep.errors import DataPrepError
+from data_prep.index import write_index
+from data_prep.manifest import MANIFEST_NAME, read_manifest
 from data_prep.options import LAYOUTS, BuildOptions
 from data_prep.verify import verify
 
@@ -24,6 +28,7 @@ examples:
       --classes imagenet_wnids.txt --out shards/in1k-val --resize-shorter 256
   python -m data_prep build --layout list --source /data/pets --list /data/pets/train.tsv --out shards/pets
   python -m data_prep verify shards/in1k-train --decode
+  python -m data_prep index /shards/laion/ /shards/extra-000000.tar   # offset indices for shards made elsewhere
 """
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
@@ -194,7 +199,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("out", metavar="OUT", help="a build's output folder, e.g. shards/train")
     check.add_argument("--decode", action="store_true", help="also decode every image, e.g. --decode")
+    index = commands.add_parser(
+        "index", help="write the sample-offset index SHARD.tar.idx beside each shard (for shards made elsewhere)"
+    )
+    index.add_argument(
+        "shards", metavar="SHARDS", nargs="+",
+        help="tar shards, or folders (a build's manifest shards, else every *.tar), e.g. /shards/in1k-train",
+    )
     return parser
+
+
+def shard_paths(targets: list[str]) -> list[str]:
+    """The local shard files named by ``targets``: files as given, folders by their manifest or their *.tar."""
+    paths = []
+    for target in targets:
+        if not os.path.isdir(target):
+            if not os.path.isfile(target):
+                raise DataPrepError(f"no such shard or folder: {target}")
+            paths.append(target)
+        elif os.path.isfile(os.path.join(target, MANIFEST_NAME)):
+            paths += [os.path.join(target, s["name"]) for s in read_manifest(target)["shards"]]
+        else:
+            found = sorted(glob.glob(os.path.join(target, "*.tar")))
+            if not found:
+                raise DataPrepError(f"{target} holds no manifest and no *.tar shard")
+            paths += found
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             result = verify(args.out, decode=args.decode)
             print(result.summary())
             return 0 if result.ok else 1
+        if args.command == "index":
+            paths = shard_paths(args.shards)
+            total = sum(len(write_index(path)) for path in paths)
+            print(f"indexed {total} samples in {len(paths)} shard(s)")
+            return 0
         fields = BuildOptions.__dataclass_fields__
         build(BuildOptions(**{k: v for k, v in vars(args).items() if k in fields}))
         return 0

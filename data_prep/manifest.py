@@ -3,7 +3,8 @@
 Keys: format_version, layout, options (creation options), num_samples, num_classes, classes (index ->
 name), shards [{name, num_samples, bytes, sha256}] (names relative to the manifest's folder), skipped
 [{path, reason}], class_counts (per class index). The trainer relies on num_samples, num_classes,
-classes, shards[i].name and shards[i].num_samples. :func:`format_problem` is the one check of the format, for
+classes, shards[i].name and shards[i].num_samples, and on
+each shard's index beside it (``data_prep/index.py``). :func:`format_problem` is the one check of the format, for
 :func:`read_manifest` and for the trainer's reader (``pretrain.data.load_manifest``).
 """
 

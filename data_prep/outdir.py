@@ -1,7 +1,8 @@
 """The output folder: refusing or clearing its content, taking back an interrupted build, placing shards.
 
 Only files data_prep writes are ever deleted: ``manifest.json``, ``.data_prep/``, ``*.tmp`` leftovers and
-files named like shards (``name-NNNNNN.tar``). Shards are numbered only once every block is done, so until
+files named like shards (``name-NNNNNN.tar``) and their indices (``.tar.idx``).
+Shards are numbered only once every block is done, so until
 then they live in the state folder; a resume first moves verified final shards back there, so a crash at any
 point leaves a folder that ``--resume`` can finish and that has no manifest unless it is complete.
 """
@@ -13,6 +14,7 @@ import shutil
 
 from data_prep.atomic import is_temp_name, sha256_file
 from data_prep.errors import DataPrepError
+from data_prep.index import INDEX_SUFFIX
 from data_prep.manifest import MANIFEST_NAME, SHARD_NAME_RE, shard_name
 from data_prep.shards import ShardInfo
 from data_prep.state import STATE_DIR, BlockRecord, BuildState
@@ -21,7 +23,7 @@ from data_prep.state import STATE_DIR, BlockRecord, BuildState
 def _ours(name: str) -> bool:
     return (
         name in (MANIFEST_NAME, STATE_DIR)
-        or SHARD_NAME_RE.match(name) is not None
+        or SHARD_NAME_RE.match(name.removesuffix(INDEX_SUFFIX)) is not None
         or is_temp_name(name)
     )
 

@@ -2,7 +2,8 @@
 
 Every shard is read once: its bytes are hashed as the tar is parsed. Checked: the shard exists, its size,
 sha256 and sample count match the manifest, every sample has one image, a ``cls`` within range and a ``json``,
-keys are unique across shards, per-class totals match; with ``decode`` every image is decoded as well.
+keys are unique across shards, per-class totals match, each shard's index (``SHARD.tar.idx``) lists its samples'
+offsets, keys and labels; with ``decode`` every image is decoded as well.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from data_prep.encode import BadImage, encode_image
+from data_prep.errors import DataPrepError
+from data_prep.index import INDEX_SUFFIX, index_path, parse_index, scan_shard
 from data_prep.manifest import read_manifest
 
 _META = ("cls", "json")
@@ -141,6 +144,25 @@ def _check_shard(path: str, entry: dict, result: VerifyResult, seen: set[str], d
         result.errors.append(f"{name}: {count} samples, manifest says {entry['num_samples']}")
 
 
+def _check_index(out: str, path: str, entry: dict, result: VerifyResult) -> None:
+    name, fix = entry["name"] + INDEX_SUFFIX, f"write it with `python -m data_prep index {out}`"
+    try:
+        with open(index_path(path), encoding="utf-8") as f:
+            size, entries = parse_index(f.read(), name)
+    except FileNotFoundError:
+        result.errors.append(f"{name}: missing ({fix})")
+        return
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        result.errors.append(f"{e} ({fix})")
+        return
+    try:
+        actual = scan_shard(path)
+    except DataPrepError:
+        return  # the shard itself is reported unreadable
+    if size != entry["bytes"] or entries != actual:
+        result.errors.append(f"{name}: does not match its shard ({fix})")
+
+
 def verify(out: str, decode: bool = False) -> VerifyResult:
     """Check ``out`` against its manifest; a DataPrepError only if there is no readable manifest."""
     manifest = read_manifest(out)
@@ -153,6 +175,7 @@ def verify(out: str, decode: bool = False) -> VerifyResult:
             continue
         result.num_shards += 1
         _check_shard(path, entry, result, seen, decode)
+        _check_index(out, path, entry, result)
     if result.num_samples != manifest["num_samples"]:
         result.errors.append(f"{result.num_samples} samples in all, manifest says {manifest['num_samples']}")
     if result.class_counts != manifest["class_counts"]:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from data_prep import manifest as prep_manifest
+from data_prep.index import write_index
 
 
 def make_image(index: int, size: tuple[int, int] = (40, 32), mode: str = "RGB") -> Image.Image:
@@ -71,9 +72,10 @@ def _count_labels(data: bytes, class_counts: list[int]) -> None:
 
 
 def write_manifest(folder: str, shard_names: Sequence[str], counts: Sequence[int], num_classes: int) -> str:
-    """manifest.json (data_prep's format) for shards already in `folder`; returns its path."""
+    """manifest.json (data_prep's format) and each shard's index for shards already in `folder`; returns its path."""
     shards, class_counts = [], [0] * num_classes
     for name, count in zip(shard_names, counts, strict=True):
+        write_index(os.path.join(folder, name))
         with open(os.path.join(folder, name), "rb") as f:
             data = f.read()
         shards.append(

@@ -80,28 +80,27 @@ def unshuffled_loader(manifest):
 def test_the_next_raw_sample_takes_a_corrupt_samples_place_and_counts(tmp_path):
     m = load_manifest(write_dataset(str(tmp_path), [24], replace=odd_but_valid() | broken()))
     ld = unshuffled_loader(m)
-    assert ld.steps_per_epoch == 12
+    assert ld.steps_per_round == 12
     items = [next(ld) for _ in range(12)]
     keys = [k for it in items for k in it["key"]]
     good = [0, 1, 2, 4, 5, 6] + list(range(12, 24))  # epoch 0 has 18 good samples, epoch 1 lends 6 more
     assert keys == [f"s{i:05d}" for i in good + good[:6]]
     assert [it["corrupt"] for it in items] == [0, 1, 1, 6, 6, 6, 6, 6, 6, 6, 7, 7]
     assert ld.state()["streams"]["0"] == {
-        "epoch": 1,
+        "round": 1,
         "pos": 7,
         "good": 6,
-        "truncation_events": 0,
         "corrupt": 7,
         "truncated": 0,
     }
 
 
-def test_the_slack_of_a_range_absorbs_a_corrupt_sample_within_the_epoch(tmp_path):
+def test_the_sample_a_round_leaves_opens_the_next_round(tmp_path):
     m = load_manifest(write_dataset(str(tmp_path), [13], replace={3: broken()[3]}))
-    ld = unshuffled_loader(m)  # L = 13, 6 micro-batches of 2 per epoch, 1 sample of slack
+    ld = unshuffled_loader(m)  # Q = 12: round 1 reads sample 12, which round 0 left, then epoch 1
     keys = [k for _ in range(7) for k in next(ld)["key"]]
     assert keys == [f"s{i:05d}" for i in [0, 1, 2, *range(4, 13), 0, 1]]
-    assert ld.state()["streams"]["0"]["epoch"] == 1
+    assert ld.state()["streams"]["0"]["round"] == 1
 
 
 @pytest.mark.timeout(60)
@@ -123,7 +122,7 @@ def test_loader_goes_on_after_a_truncated_shard(tmp_path):
         )
         for r in range(2)
     ]
-    spe = ranks[0].steps_per_epoch  # 4 streams x 7 samples: 3 micro-batches each, 6 steps
+    spe = ranks[0].steps_per_round  # 4 streams x 6 samples: 3 micro-batches each, 6 steps
     items = [[next(ld) for _ in range(3 * spe)] for ld in ranks]
     for ld in ranks:
         ld.close()
@@ -138,6 +137,6 @@ def test_a_stream_with_nothing_usable_raises_instead_of_reading_forever(tmp_path
     with pytest.raises(DataError) as e:
         next(unshuffled_loader(m))
     assert str(e.value) == (
-        "stream 0 found no usable sample in 3 epochs in a row (last: epoch 2, 6 samples each): "
+        "stream 0 found no usable sample in 3 rounds in a row (last: round 2, 6 samples each): "
         "are the shards broken?"
     )

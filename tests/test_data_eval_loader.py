@@ -83,3 +83,16 @@ def test_batches_carry_the_source_file_names(tmp_path):
         del expected["s00006"]
         assert got == expected
         assert sum(ld.corrupt for ld in loaders) == 1
+
+
+def test_both_loaders_share_one_dataloader_set_up():
+    """The training and evaluation loaders build their DataLoader in one place (the private generator, the workers'
+    signal shield, prefetch); a bad prefetch is refused there for both."""
+    from pretrain.data import dataloader
+
+    with pytest.raises(ValueError, match=r"^need workers >= 0 and prefetch >= 1, got 1 and 0$"):
+        dataloader.make_dataloader(None, workers=1, pin_memory=False, prefetch=0, persistent=False)
+    import pretrain.data.eval_loader as ev
+    import pretrain.data.train_loader as tr
+
+    assert tr.make_dataloader is ev.make_dataloader is dataloader.make_dataloader

@@ -1,5 +1,6 @@
 """data_prep.verify: a clean build passes; flipped bytes, missing shards, bad samples are named."""
 
+import io
 import os
 import shutil
 import tarfile
@@ -8,6 +9,7 @@ import pytest
 
 from data_prep.build import build
 from data_prep.cli import main
+from data_prep.index import index_path, parse_index, write_index
 from data_prep.manifest import read_manifest, write_manifest
 from data_prep.options import BuildOptions
 from data_prep.shards import ShardWriter
@@ -46,6 +48,7 @@ def _rewrite(out, shard_index, change):
     for key, members in samples.items():
         writer.add(key, change(key, members))
     info = writer.close()
+    write_index(path)
     entry.update(bytes=info.bytes, sha256=info.sha256)
     write_manifest(str(out), manifest)
     return sorted(samples)
@@ -109,3 +112,29 @@ def test_class_out_of_range_and_duplicate_keys(copy):
 def test_verify_without_a_manifest_is_a_one_line_error(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"error: no manifest.json in {tmp_path} (not a finished build)\n"
+
+
+def test_the_index_is_checked_and_the_index_command_rebuilds_it(copy, capsys):
+    name = read_manifest(str(copy))["shards"][1]["name"]
+    path = os.path.join(copy, name)
+    with open(index_path(path)) as f:
+        size, entries = parse_index(f.read(), "idx")
+    assert size == os.path.getsize(path) and len(entries) == 10
+    with open(path, "rb") as f:  # each entry's bytes are a tar of that sample alone
+        f.seek(entries[3].offset)
+        with tarfile.open(fileobj=io.BytesIO(f.read(entries[3].size))) as one:
+            names = one.getnames()
+    assert {n.split(".", 1)[0] for n in names} == {entries[3].key} and len(names) == 3
+    os.remove(index_path(path))
+    problems = verify(str(copy)).errors
+    assert problems == [f"{name}.idx: missing (write it with `python -m data_prep index {copy}`)"]
+    with open(index_path(path), "w") as f:
+        f.write(f"#mixer-shard-index 1 bytes={size} samples=1\n0 512 0 other\n")
+    assert verify(str(copy)).errors == [
+        f"{name}.idx: does not match its shard (write it with `python -m data_prep index {copy}`)"
+    ]
+    assert main(["index", str(copy)]) == 0
+    assert capsys.readouterr().out == "indexed 24 samples in 3 shard(s)\n"
+    assert verify(str(copy)).ok
+    assert main(["index", str(copy / "nothing.tar")]) == 2
+    assert capsys.readouterr().err == f"error: no such shard or folder: {copy / 'nothing.tar'}\n"

@@ -1,11 +1,12 @@
 """Exact mid-epoch resume: same keys, same image tensors, same counters; layout mismatches are errors."""
 
 import json
+import os
 
 import pytest
 import torch
 
-from pretrain.data import DataError, build_train_loader, load_manifest, merge_states, train_transform
+from pretrain.data import DataError, build_train_loader, load_manifest, merge_states, remote, train_transform
 from tests.helpers_shards import encode, make_image, sample, truncate, write_dataset
 
 TRANSFORM = train_transform(16, randaugment="rand-m9-mstd0.5-inc1", random_erasing=0.25)
@@ -95,3 +96,75 @@ def test_merge_states_refuses_states_of_different_steps(tmp_path):
     with pytest.raises(DataError, match=r"^cannot merge data states with different step: 2 vs 3$"):
         merge_states([a, b])
     assert sorted(merge_states([a, a])["streams"]) == ["0"]
+
+
+def test_resume_with_another_shuffle_buffer_or_shard_list_is_refused(tmp_path):
+    """The position depends on the shuffle buffer and on the shards: a resume with either changed would repeat and
+    skip samples silently, so each is recorded in the state and checked."""
+    m = load_manifest(write_dataset(str(tmp_path / "a"), [10, 10]))
+    state = take(loader(m, workers=0), 2)[-1]["state"]
+    assert state["layout"]["shuffle_buffer"] == 5 and state["layout"]["shards"] == m.digest
+    with pytest.raises(DataError) as e:
+        build_train_loader(m, micro_batch=2, accum=2, rank=0, world_size=1, workers=0, seed=5, transform=TRANSFORM,
+                           shuffle_buffer=6, state=state)
+    assert str(e.value) == (
+        "cannot resume the data order: it was saved with shuffle_buffer=5 (data.shuffle_buffer), "
+        "this run has shuffle_buffer=6"
+    )
+
+
+def test_resume_on_other_shards_of_the_same_size_is_refused(tmp_path):
+    m = load_manifest(write_dataset(str(tmp_path / "a"), [10, 10]))
+    other = load_manifest(write_dataset(str(tmp_path / "b"), [12, 8]))  # same num_samples, other shards
+    state = take(loader(m, workers=0), 2)[-1]["state"]
+    with pytest.raises(DataError, match=r"^cannot resume the data order: it was saved with shards=[0-9a-f]{16} "
+                                        r"\(the shard list changed: names, sizes or checksums of data.train\), "
+                                        r"this run has shards=[0-9a-f]{16}$"):
+        loader(other, workers=0, state=state)
+
+
+def test_a_state_of_another_version_is_a_clear_error(tmp_path):
+    m = load_manifest(write_dataset(str(tmp_path), [10, 10]))
+    state = dict(take(loader(m, workers=0), 2)[-1]["state"], version=1)
+    with pytest.raises(DataError, match=r"^cannot resume the data order: the data state has version 1, this code"):
+        loader(m, workers=0, state=state)
+
+
+class _CountingFile:
+    """A binary file that adds what it reads to `counter`."""
+
+    def __init__(self, path, counter):
+        self.f, self.counter = open(path, "rb"), counter  # noqa: SIM115
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.counter[0] += len(data)
+        return data
+
+    def seek(self, *args):
+        return self.f.seek(*args)
+
+    def close(self):
+        self.f.close()
+
+
+@pytest.mark.timeout(120)
+def test_resume_reads_the_shuffle_buffer_not_the_epoch(tmp_path, monkeypatch):
+    """Resumed at 180 of an epoch's 240 samples, the stream replays the buffer's draws on indices (no bytes read) and,
+    per draw, reads the index entering the buffer and fetches the one drawn by offset: its first micro-batch of 2
+    costs at most 4 samples' bytes, and the batches stay bit-identical."""
+    m = load_manifest(write_dataset(str(tmp_path), [60, 60, 60, 60], size=(8, 8)))
+
+    def one_stream(state=None):
+        return build_train_loader(m, micro_batch=2, accum=1, rank=0, world_size=1, workers=0, seed=3,
+                                  transform=TRANSFORM, shuffle_buffer=6, state=state)
+
+    uninterrupted = take(one_stream(), 100)
+    state = json.loads(json.dumps(take(one_stream(), 90)[-1]["state"]))
+    read = [0]
+    monkeypatch.setattr(remote, "open", lambda path, mode: _CountingFile(path, read), raising=False)
+    resumed = one_stream(merge_states([state]))
+    first = next(resumed)
+    largest = max(os.path.getsize(f"{tmp_path}/shard-{i:04d}.tar") for i in range(4)) / 60 * 2  # > any sample
+    assert 0 < read[0] <= 4 * largest
+    assert_same_steps([first] + take(resumed, 9), uninterrupted[90:])

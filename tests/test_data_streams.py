@@ -27,17 +27,27 @@ def layout(**kw):
     return make_layout(sum(SIZES), **args)
 
 
-def test_ranges_are_equal_disjoint_and_cover_the_shuffled_concatenation():
-    lay = layout()  # T = 4 streams, L = 11
-    assert (lay.num_streams, lay.range_size, lay.epoch_quota, lay.steps_per_epoch) == (4, 11, 10, 10)
-    for epoch in range(3):
-        ranges = [global_indices(p) for p in describe_assignment(SIZES, lay, epoch)]
-        assert [len(r) for r in ranges] == [11] * 4
-        flat = [i for r in ranges for i in r]
-        assert len(set(flat)) == len(flat) == 44 - 44 % 4
-        order = epoch_shard_order(len(SIZES), 3, epoch)
-        concatenation = [OFFSETS[s] + k for s in order for k in range(SIZES[s])]
-        assert flat == concatenation[:44]
+def test_rounds_tile_the_endless_sequence_so_every_sample_is_read_once_per_epoch():
+    lay = layout()  # T = 4 streams, N // T = 11: Q = 10 (whole micro-batches), 40 positions per round
+    assert (lay.num_streams, lay.range_size, lay.round_size, lay.steps_per_round) == (4, 10, 40, 10)
+    flat = []
+    for round_ in range(11):  # 440 positions: exactly 10 epochs
+        ranges = [global_indices(p) for p in describe_assignment(SIZES, lay, round_)]
+        assert [len(r) for r in ranges] == [10] * 4
+        flat += [i for r in ranges for i in r]
+    sequence = [OFFSETS[s] + k for e in range(10) for s in epoch_shard_order(len(SIZES), 3, e) for k in range(SIZES[s])]
+    assert flat == sequence  # nothing dropped: the 4 samples a round leaves of an epoch open the next round
+    for e in range(10):
+        assert sorted(flat[44 * e : 44 * (e + 1)]) == list(range(44))
+
+
+def test_rounds_of_a_subset_with_empty_shards_cover_each_kept_sample_once_per_epoch():
+    sizes = [0, 3, 0, 5, 1]  # a subset's kept counts: shards with none kept stay with size 0
+    lay = make_layout(9, micro_batch=1, accum=1, world_size=2, workers=2, seed=1)  # Q = 2, 8 per round
+    offsets = [0, 0, 3, 3, 8]
+    flat = [offsets[p.shard] + p.start + k for r in range(9) for ps in describe_assignment(sizes, lay, r)
+            for p in ps for k in range(p.count)]
+    assert len(flat) == 72 and all(sorted(flat[9 * e : 9 * (e + 1)]) == list(range(9)) for e in range(8))
 
 
 def test_fewer_shards_than_streams_split_shards_between_streams():
@@ -68,17 +78,11 @@ def test_layout_does_not_depend_on_rank_accum_split():
     assert list(rank_virtual_ranks(1, 2)) == [2, 3]
 
 
-def test_steps_per_epoch_and_workers_zero():
+def test_steps_per_round_and_workers_zero():
     lay = make_layout(44, micro_batch=3, accum=1, world_size=1, workers=0, seed=0)
-    assert (lay.workers, lay.num_streams, lay.range_size, lay.epoch_quota, lay.steps_per_epoch) == (
-        1,
-        1,
-        44,
-        42,
-        14,
-    )
-    lay = make_layout(44, micro_batch=3, accum=2, world_size=1, workers=2, seed=0)  # T = 4, L = 11
-    assert (lay.epoch_quota, lay.steps_per_epoch) == (9, 6)
+    assert (lay.workers, lay.num_streams, lay.range_size, lay.steps_per_round) == (1, 1, 42, 14)
+    lay = make_layout(44, micro_batch=3, accum=2, world_size=1, workers=2, seed=0)  # T = 4, 11 each: Q = 9
+    assert (lay.range_size, lay.steps_per_round) == (9, 6)
 
 
 def test_too_small_and_bad_arguments_are_one_line_errors():

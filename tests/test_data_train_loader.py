@@ -2,6 +2,7 @@
 
 import itertools
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -52,27 +53,26 @@ def test_two_ranks_and_two_accumulation_steps_see_the_same_global_batches(tmp_pa
 
 
 @pytest.mark.timeout(60)
-def test_three_shards_two_ranks_two_workers_every_key_once_per_epoch(tmp_path):
+def test_three_shards_two_ranks_two_workers_read_each_rounds_ranges(tmp_path):
     sizes = [9, 6, 11]
     m = load_manifest(write_dataset(str(tmp_path), sizes))
     ranks = [loader(m, rank=r, world_size=2) for r in range(2)]
-    spe = ranks[0].steps_per_epoch
-    assert spe == ranks[1].steps_per_epoch == 6  # 4 streams x 6 samples, 2 per micro-batch, W = 2
+    spe = ranks[0].steps_per_round
+    assert spe == ranks[1].steps_per_round == 6  # 4 streams x 6 samples, 2 per micro-batch, W = 2
     lay = ranks[0].layout
     offsets = [0, 9, 15]
-    for epoch in range(2):
+    for round_ in range(2):  # round 1 reads the 2 samples round 0 left of epoch 0, then 22 of epoch 1
         keys = [k for _ in range(spe) for ld in ranks for k in next(ld)["key"]]
-        expected = {
+        expected = Counter(
             f"s{offsets[p.shard] + p.start + i:05d}"
-            for pieces in describe_assignment(sizes, lay, epoch)
+            for pieces in describe_assignment(sizes, lay, round_)
             for p in pieces
             for i in range(p.count)
-        }
-        assert len(keys) == len(set(keys)) == 24
-        assert set(keys) == expected
+        )
+        assert len(keys) == 24 and Counter(keys) == expected
     states = [ld.state() for ld in ranks]
     assert [s["step"] for s in states] == [12, 12]
-    assert all(st["epoch"] == 2 and st["pos"] == 0 for s in states for st in s["streams"].values())
+    assert all(st["round"] == 2 and st["pos"] == 0 for s in states for st in s["streams"].values())
     for ld in ranks:
         ld.close()
 
@@ -105,3 +105,24 @@ def test_bad_rank_is_a_clear_error(tmp_path):
     m = load_manifest(write_dataset(str(tmp_path), [7, 8]))
     with pytest.raises(ValueError, match=r"^rank must be in \[0, 2\), got 2$"):
         loader(m, rank=2, world_size=2)
+
+
+@pytest.mark.timeout(300)
+def test_every_sample_exactly_once_per_epoch_on_an_uneven_layout(tmp_path):
+    """1,001 samples over 3 virtual ranks x 2 workers, micro-batch 4: a round reads 984 of them; the 17 left at the
+    end of an epoch open the next round instead of being dropped. After R rounds (X = 984 R samples read) every key
+    was read floor(X / N) or floor(X / N) + 1 times, exactly X mod N of them the latter."""
+    m = load_manifest(write_dataset(str(tmp_path), [400, 1, 350, 250], size=(8, 8)))
+    ld = build_train_loader(m, micro_batch=4, accum=3, rank=0, world_size=1, workers=2, seed=2,
+                            transform=train_transform(8), shuffle_buffer=20)
+    assert (ld.layout.round_size, ld.steps_per_round) == (984, 82)
+    seen: Counter[str] = Counter()
+    for rounds in range(1, 5):
+        for _ in range(ld.steps_per_round):
+            seen.update(next(ld)["key"])
+        read = 984 * rounds
+        full, extra = divmod(read, 1001)
+        counts = Counter(seen[f"s{i:05d}"] for i in range(1001))
+        assert sum(seen.values()) == read and set(seen) <= {f"s{i:05d}" for i in range(1001)}
+        assert counts == ({full: 1001 - extra, full + 1: extra} if extra else {full: 1001})
+    ld.close()

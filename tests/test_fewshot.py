@@ -116,3 +116,62 @@ def test_real_digits_accuracy_grows_with_shots():
     result = fewshot_accuracy(x[:1000], y[:1000], x[1000:], y[1000:], shots=(1, 5, 25))
     means = [result[k]["mean"] for k in ("1shot", "5shot", "25shot")]
     assert 0.3 < means[0] < means[1] < means[2] and means[2] > 0.8
+
+
+class _Counting(torch.nn.Module):
+    """A model that counts the images its forward_features sees."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward_features(self, x):
+        self.images += len(x)
+        return self.model.forward_features(x)
+
+    def forward_head(self, x, pre_logits=False):
+        return self.model.forward_head(x, pre_logits=pre_logits)
+
+    @property
+    def head(self):
+        return self.model.head
+
+
+@pytest.mark.timeout(120)
+def test_evaluator_forwards_only_the_shot_sets_and_matches_the_whole_pool_protocol(tmp_path):
+    """The shot sets are chosen by key from the shards' indices: the evaluator decodes and forwards their union (here
+    at most 2 seeds x 3 shots x 10 classes of a 300-sample pool) and gets the accuracies of the whole-pool protocol
+    (features of every pool sample in key order, then fewshot_accuracy)."""
+    from pretrain.config import PretrainConfig
+    from pretrain.config.schema import EvalSpec
+    from pretrain.data import build_eval_loader, eval_transform, load_manifest
+    from pretrain.distributed import DistEnv
+    from pretrain.evaluators.fewshot import FewshotEvaluator
+    from tests.helpers_shards import write_dataset
+
+    write_dataset(str(tmp_path / "train"), [130, 70, 100], size=(16, 16))
+    write_dataset(str(tmp_path / "val"), [40, 20], size=(16, 16))
+    cfg = PretrainConfig()
+    cfg.model.img_size, cfg.data.workers = 16, 0
+    spec = EvalSpec(type="fewshot", train=str(tmp_path / "train"), val=str(tmp_path / "val"), shots=[1, 3],
+                    seeds=[0, 1], batch_size=16, preprocess="resize")
+    env = DistEnv(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0, master_addr="", master_port=0,
+                  backend="gloo", device=torch.device("cpu"), launcher="none")
+    model = _Counting(make_mixer())
+    evaluator = FewshotEvaluator("fs", spec, cfg, env)
+    result = evaluator(model, lambda x: x.float() / 255)
+    assert 0 < model.images - 60 <= 2 * 3 * 10 and model.images - 60 == evaluator.plan.num_samples  # + 60 val
+
+    transform = eval_transform(16, resize="squash")
+
+    def everything(path):
+        loader = build_eval_loader(load_manifest(path), batch_size=16, rank=0, world_size=1, workers=0,
+                                   transform=transform)
+        keys = [k for batch in loader for k in batch["key"]]
+        features, labels = extract_features(model.model, loader, "cpu", preprocess=lambda x: x.float() / 255)
+        order = np.argsort(np.array(keys, dtype=object), kind="stable")
+        return features[order], labels[order]
+
+    expected = fewshot_accuracy(*everything(tmp_path / "train"), *everything(tmp_path / "val"), shots=(1, 3),
+                                seeds=(0, 1), num_classes=10)
+    assert result == expected

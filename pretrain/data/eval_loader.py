@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..preemption import shield_worker, worker_signals_blocked
+from ..preemption import worker_signals_blocked
+from .dataloader import make_dataloader
 from .decode import CorruptSample, decode_sample
 from .manifest import Manifest
 from .shard_reader import read_pieces
@@ -150,16 +151,5 @@ def build_eval_loader(
         for j in range(parts)
         for p in eval_pieces(manifest.shard_sizes, rank * parts + j, world_size * parts)
     )
-    extra = dict(persistent_workers=True, prefetch_factor=prefetch) if workers > 0 else {}
-    # A private generator: creating the iterator then draws no number from torch's global RNG.
-    private = torch.Generator()
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        generator=private,
-        worker_init_fn=shield_worker,
-        **extra,
-    )
+    loader = make_dataloader(dataset, workers=workers, pin_memory=pin_memory, prefetch=prefetch, persistent=True)
     return EvalLoader(loader, num_samples)

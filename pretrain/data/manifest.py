@@ -6,6 +6,7 @@ adds the types, the counts and the shards' URLs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -52,6 +53,13 @@ class Manifest:
         if self.selections is not None:
             return [len(sel) for sel in self.selections]
         return [s.num_samples for s in self.shards]
+
+    @property
+    def digest(self) -> str:
+        """A short digest of the shard list (names, sample counts, bytes, sha256s, in order): what a data position
+        records of the shards, so that a resume on other shards is refused."""
+        rows = [[s.name, s.num_samples, s.bytes, s.sha256] for s in self.shards]
+        return hashlib.blake2b(json.dumps(rows, separators=(",", ":")).encode(), digest_size=8).hexdigest()
 
 
 def is_remote(name: str) -> bool:

@@ -1,47 +1,51 @@
 """One training stream: an endless sequence of decoded samples with a resumable position.
 
-Stream s reads its range of epoch 0, then of epoch 1, ... (see streams.py). Each epoch's raw samples pass a
-shuffle buffer seeded from (seed, epoch, s); the n-th raw sample drawn from it (its position) is decoded and
-augmented with the global RNGs seeded from (seed, epoch, s, n). An epoch delivers `layout.epoch_quota` good
-samples (whole micro-batches); the rest of the range is slack that replaces corrupt samples. If corrupt
-samples eat more than the slack, the stream goes on into the next epoch.
+Stream s reads its range of round 0, then of round 1, ... (see streams.py). Each round's Q positions pass a
+shuffle buffer seeded from (seed, round, s); the n-th raw sample drawn from it (its position) is decoded and
+augmented with the global RNGs seeded from (seed, round, s, n). A round's range is whole micro-batches; a corrupt
+sample is skipped and the next one takes its place, so the stream then runs ahead into its next round's range.
 
-The state (epoch, position, good count) is exact: a new stream built from it replays the epoch's range
-through the shuffle buffer without decoding, drops `pos` draws and continues exactly where the old one was.
+The shuffle buffer runs on range indices (`IndexShuffle`); the bytes behind them come from `RangeReader` by offset.
+The state (round, position, good count) is exact and cheap to resume: a new stream replays `pos` draws on indices
+(no bytes read) and reads on from where the buffer's input stopped; a sample that was in the buffer at the save is
+fetched by offset when it is drawn. Before its first step a resumed stream reads about two samples per draw, and
+over the round each sample once, as the uninterrupted stream does.
+A sample that cannot be read (a short shard) is drawn as `Missing` and skipped; the first of each run counts one
+short shard, at its draw, so the counters of a resumed stream equal the uninterrupted one's.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from .decode import CorruptSample, decode_sample
-from .manifest import DataError
+from .manifest import DataError, Shard
+from .offset_reader import Missing, RangeReader
 from .rng import seed_globals
-from .shard_reader import read_pieces
+from .shard_reader import RawSample
 from .streams import AUGMENT, SHUFFLE_BUFFER, StreamLayout, mix_seed, stream_pieces
 
 log = logging.getLogger(__name__)
 
-# A stream that finds no usable sample in this many epochs in a row raises instead of reading forever.
-MAX_EMPTY_EPOCHS = 3
+# A stream that finds no usable sample in this many rounds in a row raises instead of reading forever.
+MAX_EMPTY_ROUNDS = 3
 
 
 @dataclass
 class StreamState:
-    """Where a stream is. Counters cover all epochs; the other fields the current epoch."""
+    """Where a stream is. Counters cover all rounds; the other fields the current round."""
 
-    epoch: int = 0
-    pos: int = 0  # raw samples drawn from the shuffle buffer this epoch, corrupt ones included
-    good: int = 0  # good samples delivered this epoch
-    truncation_events: int = 0  # short shards met this epoch (so a replay does not count them twice)
+    round: int = 0
+    pos: int = 0  # samples drawn from the shuffle buffer this round, corrupt and missing ones included
+    good: int = 0  # good samples delivered this round
     corrupt: int = 0  # corrupt samples skipped
-    truncated: int = 0  # short or unreadable shards met
+    truncated: int = 0  # short or unreadable shards met (runs of missing samples)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -51,23 +55,35 @@ class StreamState:
         return cls(**{k: int(v) for k, v in d.items()})
 
 
-def shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Items in a random order that only looks `size` items ahead; deterministic given `rng`."""
-    if size <= 1:
-        yield from items
-        return
-    buf: list[Any] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        yield buf[i]
-        buf[i] = item
-    while buf:
-        i = rng.randrange(len(buf))
-        buf[i], buf[-1] = buf[-1], buf[i]
-        yield buf.pop()
+class IndexShuffle:
+    """The indices 0..n-1 in the order a shuffle buffer of `size` items yields them, one draw at a time.
+
+    The buffer is filled with the first `size` indices; each draw then takes a random slot and puts the next
+    index in its place; once the input is exhausted, random slots are drawn until the buffer is empty. `buffer`
+    (the indices held) and `next_in` (the next index to enter) are the whole state besides the RNG.
+    """
+
+    def __init__(self, n: int, size: int, rng: random.Random):
+        self.n, self.size, self.rng = n, max(size, 1), rng
+        self.buffer: list[int] = []
+        self.next_in = 0
+
+    def draw(self) -> int:
+        """The next index; n draws yield each index once."""
+        if self.size == 1:
+            self.next_in += 1
+            return self.next_in - 1
+        while len(self.buffer) < self.size and self.next_in < self.n:
+            self.buffer.append(self.next_in)
+            self.next_in += 1
+        if self.next_in < self.n:
+            i = self.rng.randrange(self.size)
+            out, self.buffer[i] = self.buffer[i], self.next_in
+            self.next_in += 1
+            return out
+        i = self.rng.randrange(len(self.buffer))
+        self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
+        return self.buffer.pop()
 
 
 class SampleStream:
@@ -78,27 +94,29 @@ class SampleStream:
         self,
         stream_id: int,
         layout: StreamLayout,
-        urls: Sequence[str],
+        shards: Sequence[Shard],
         shard_sizes: Sequence[int],
         *,
         num_classes: int,
         transform: Any,
-        buffer_size: int,
         state: StreamState,
         selections: Sequence[Sequence[int]] | None = None,
     ):
         self.id = stream_id
         self.layout = layout
-        self.urls = urls
+        self.shards = shards
         self.shard_sizes = shard_sizes
         self.selections = selections
         self.num_classes = num_classes
         self.transform = transform
-        self.buffer_size = buffer_size
         self.state = state
-        self._draws: Iterator[dict] | None = None
-        self._counted_truncations = 0
-        self._empty_epochs = 0
+        self._shuffle: IndexShuffle | None = None
+        self._reader: RangeReader | None = None
+        self._input: Iterator[RawSample | Missing] | None = None
+        self._held: dict[int, RawSample | Missing] = {}  # the samples of the indices in the buffer
+        self._unread: set[int] = set()  # indices in the buffer at a resume, fetched by offset when drawn
+        self._read_to = 0  # indices below this were read from `_input`
+        self._empty_rounds = 0
 
     def take(self, n: int) -> tuple[list[torch.Tensor], list[int], list[str]]:
         """The next n good samples (images, labels, keys)."""
@@ -107,63 +125,67 @@ class SampleStream:
         keys: list[str] = []
         st = self.state
         while len(images) < n:
-            if self._draws is None:
-                self._open_epoch()
-            raw = next(self._draws, None)
-            if raw is None:
-                self._end_epoch()
-                continue
+            if self._shuffle is None:
+                self._open_round()
+            raw = self._draw()
             position = st.pos
             st.pos += 1
-            seed_globals(mix_seed(self.layout.seed, AUGMENT, st.epoch, self.id, position))
-            try:
-                image, label = decode_sample(raw, self.transform, self.num_classes)
-            except CorruptSample as exc:
-                st.corrupt += 1
-                log.warning(
-                    "skipping corrupt sample %s in %s: %s", raw.get("__key__"), raw.get("__url__"), exc
-                )
-                continue
-            images.append(image)
-            labels.append(label)
-            keys.append(raw["__key__"])
-            st.good += 1
-            if st.good == self.layout.epoch_quota:
-                self._end_epoch()
+            if isinstance(raw, Missing):
+                if raw.first:
+                    st.truncated += 1
+                    log.warning("stream %d: a short shard: %s; it goes on with its next samples", self.id, raw.reason)
+            else:
+                seed_globals(mix_seed(self.layout.seed, AUGMENT, st.round, self.id, position))
+                try:
+                    image, label = decode_sample(raw, self.transform, self.num_classes)
+                except CorruptSample as exc:
+                    st.corrupt += 1
+                    log.warning("skipping corrupt sample %s in %s: %s", raw["__key__"], raw["__url__"], exc)
+                else:
+                    images.append(image)
+                    labels.append(label)
+                    keys.append(raw["__key__"])
+                    st.good += 1
+            if st.pos == self.layout.range_size:  # every position of the round drawn
+                self._end_round()
         return images, labels, keys
 
     def close(self) -> None:
-        """Close the open shard, if any."""
-        if self._draws is not None:
-            self._draws.close()
-            self._draws = None
+        """Close the open shard, if any, and drop the buffer."""
+        if self._input is not None:
+            self._input.close()
+        self._shuffle = self._reader = self._input = None
+        self._held, self._unread = {}, set()
 
-    def _open_epoch(self) -> None:
+    def _open_round(self) -> None:
         st = self.state
-        pieces = stream_pieces(self.shard_sizes, self.layout, st.epoch, self.id)
-        rng = random.Random(mix_seed(self.layout.seed, SHUFFLE_BUFFER, st.epoch, self.id))
-        self._counted_truncations = st.truncation_events
-        st.truncation_events = 0
-        self._draws = shuffle_buffer(
-            read_pieces(self.urls, pieces, self._on_truncated, self.selections), self.buffer_size, rng
-        )
-        for _ in range(st.pos):  # replay a resumed epoch without decoding
-            next(self._draws, None)
+        pieces = stream_pieces(self.shard_sizes, self.layout, st.round, self.id)
+        rng = random.Random(mix_seed(self.layout.seed, SHUFFLE_BUFFER, st.round, self.id))
+        self._shuffle = IndexShuffle(self.layout.range_size, self.layout.shuffle_buffer, rng)
+        self._reader = RangeReader(self.shards, pieces, self.selections)
+        for _ in range(st.pos):  # a resumed round: replay the draws on indices, no bytes read
+            self._shuffle.draw()
+        self._unread = set(self._shuffle.buffer)
+        self._read_to = self._shuffle.next_in
+        self._input = self._reader.sequential(self._read_to)
 
-    def _end_epoch(self) -> None:
+    def _draw(self) -> RawSample | Missing:
+        i = self._shuffle.draw()
+        while self._read_to < self._shuffle.next_in:  # the indices that entered the buffer
+            self._held[self._read_to] = next(self._input)
+            self._read_to += 1
+        if i in self._unread:
+            self._unread.remove(i)
+            return self._reader.fetch(i)
+        return self._held.pop(i)
+
+    def _end_round(self) -> None:
         st = self.state
-        self._empty_epochs = self._empty_epochs + 1 if st.good == 0 else 0
-        if self._empty_epochs >= MAX_EMPTY_EPOCHS:
+        self._empty_rounds = self._empty_rounds + 1 if st.good == 0 else 0
+        if self._empty_rounds >= MAX_EMPTY_ROUNDS:
             raise DataError(
-                f"stream {self.id} found no usable sample in {MAX_EMPTY_EPOCHS} epochs in a row "
-                f"(last: epoch {st.epoch}, {self.layout.range_size} samples each): are the shards broken?"
+                f"stream {self.id} found no usable sample in {MAX_EMPTY_ROUNDS} rounds in a row "
+                f"(last: round {st.round}, {self.layout.range_size} samples each): are the shards broken?"
             )
         self.close()
-        st.epoch, st.pos, st.good, st.truncation_events = st.epoch + 1, 0, 0, 0
-
-    def _on_truncated(self, url: str, reason: str) -> None:
-        st = self.state
-        st.truncation_events += 1
-        if st.truncation_events > self._counted_truncations:
-            st.truncated += 1
-            log.warning("shard %s %s; stream %d goes on with its next samples", url, reason, self.id)
+        st.round, st.pos, st.good = st.round + 1, 0, 0

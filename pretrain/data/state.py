@@ -1,7 +1,8 @@
 """The resumable data state: what a rank saves, how ranks' states merge, what a resume may accept.
 
 A state is a JSON-friendly dict:
-    {"version": 1, "layout": {subset, seed, num_samples, virtual_ranks, workers, num_streams, micro_batch},
+    {"version": 2, "layout": {shards, subset, seed, num_samples, virtual_ranks, workers, num_streams, micro_batch,
+                              shuffle_buffer},
      "step": next step to run, "streams": {"<stream id>": StreamState as dict, ...}}
 A rank's state holds its own streams; `merge_states` unions the states of all ranks. A loader takes a
 merged state and picks its own streams, so a resume may change world size and accumulation as long as
@@ -16,12 +17,13 @@ from .manifest import DataError
 from .sample_stream import StreamState
 from .streams import StreamLayout
 
-VERSION = 1
+VERSION = 2
 
 
-def layout_fields(layout: StreamLayout) -> dict[str, int]:
-    """What a state records of the layout; a resume must match all of it."""
+def layout_fields(layout: StreamLayout) -> dict[str, int | str]:
+    """What a state records of the layout: every setting the exact position depends on; a resume must match all."""
     return {
+        "shards": layout.shards,
         "subset": layout.subset,
         "seed": layout.seed,
         "num_samples": layout.num_samples,
@@ -29,6 +31,7 @@ def layout_fields(layout: StreamLayout) -> dict[str, int]:
         "workers": layout.workers,
         "num_streams": layout.num_streams,
         "micro_batch": layout.micro_batch,
+        "shuffle_buffer": layout.shuffle_buffer,
     }
 
 
@@ -47,15 +50,21 @@ _HINTS = {
     "virtual_ranks": " (V = global batch / micro_batch)",
     "workers": " (loader workers per rank)",
     "num_samples": " (the dataset changed)",
+    "shards": " (the shard list changed: names, sizes or checksums of data.train)",
+    "seed": " (train.seed)",
+    "shuffle_buffer": " (data.shuffle_buffer)",
+    "micro_batch": " (train.micro_batch)",
 }
 
 
 def check_state(state: Mapping, layout: StreamLayout) -> None:
     """Raise DataError unless `state` was saved with this layout."""
     if not isinstance(state, Mapping) or state.get("version") != VERSION or "layout" not in state:
-        raise DataError(f"not a data state of version {VERSION}")
+        saved = state.get("version") if isinstance(state, Mapping) else None
+        raise DataError(f"cannot resume the data order: the data state has version {saved}, this code reads version "
+                        f"{VERSION} (resume with the code that saved it, or start a new run with --run-dir)")
     for key, value in layout_fields(layout).items():
-        saved = state["layout"].get(key, "all" if key == "subset" else None)  # states from before subsets
+        saved = state["layout"].get(key)
         if saved != value:
             raise DataError(
                 f"cannot resume the data order: it was saved with {key}={saved}{_HINTS.get(key, '')}, "

@@ -1,12 +1,15 @@
 """Pure functions that fix the data order: stream layout, epoch shard order, stream ranges, seeds.
 
-No I/O here. The order of the training data is a function of (seed, epoch, V, W) only, where V = global
-batch / micro-batch ("virtual ranks") and W = loader workers per rank. How V is split into ranks x
+No I/O here. The order of the training data is a function of (seed, V, W, m) only, where V = global batch /
+micro-batch ("virtual ranks"), W = loader workers per rank and m the micro-batch. How V is split into ranks x
 gradient-accumulation steps does not change it.
 
-Epoch e: the shard list is shuffled with an RNG seeded from (seed, e); the shards, in that order and by
-their manifest sample counts, form one sequence of N samples, cut into T = V x W contiguous ranges of
-L = N // T samples (the last N - T*L samples of the epoch are dropped). Stream s = v * W + w reads range s.
+The data is one endless sequence: epoch 0's shards in their shuffled order (an RNG seeded from (seed, 0)), then
+epoch 1's, ...; epoch e is positions [e*N, (e+1)*N), every sample once. The sequence is read in rounds of T*Q
+consecutive positions (T = V x W streams, Q = N // T rounded down to whole micro-batches): stream s = v * W + w
+reads positions [r*T*Q + s*Q, r*T*Q + (s+1)*Q) in round r. Rounds tile the sequence, so nothing is dropped: the
+N - T*Q samples a round leaves at the end of an epoch open the next round, and every sample is read exactly once per
+epoch for any V, W and m. A round may span two epochs.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class StreamLayout:
     micro_batch: int
     seed: int
     subset: str = "all"  # Manifest.subset: which samples of the shards are read
+    shuffle_buffer: int = 0  # raw samples each stream's shuffle buffer holds
+    shards: str = ""  # digest of the shard list (names, sizes, checksums): Manifest.digest
 
     @property
     def num_streams(self) -> int:
@@ -57,18 +62,17 @@ class StreamLayout:
 
     @property
     def range_size(self) -> int:
-        """L: raw samples in each stream's range of one epoch."""
-        return self.num_samples // self.num_streams
+        """Q: positions each stream reads per round, whole micro-batches (N // T rounded down to a multiple of m)."""
+        return self.num_samples // self.num_streams // self.micro_batch * self.micro_batch
 
     @property
-    def epoch_quota(self) -> int:
-        """Good samples a stream delivers per epoch: whole micro-batches of its range; the rest is slack
-        that replaces corrupt samples."""
-        return self.range_size // self.micro_batch * self.micro_batch
+    def round_size(self) -> int:
+        """T x Q: positions of the endless sequence read per round."""
+        return self.num_streams * self.range_size
 
     @property
-    def steps_per_epoch(self) -> int:
-        """Training steps per epoch: each stream serves every W-th step, L // m times per epoch."""
+    def steps_per_round(self) -> int:
+        """Training steps per round: each stream serves every W-th step, Q // m times per round."""
         return self.workers * (self.range_size // self.micro_batch)
 
     def stream_id(self, virtual_rank: int, worker: int) -> int:
@@ -85,6 +89,8 @@ def make_layout(
     workers: int,
     seed: int,
     subset: str = "all",
+    shuffle_buffer: int = 0,
+    shards: str = "",
 ) -> StreamLayout:
     """Validate the batch arguments and build the layout (workers=0 counts as one worker)."""
     for name, value in (("micro_batch", micro_batch), ("accum", accum), ("world_size", world_size)):
@@ -92,14 +98,16 @@ def make_layout(
             raise ValueError(f"{name} must be >= 1, got {value}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    layout = StreamLayout(num_samples, accum * world_size, max(workers, 1), micro_batch, seed, subset)
+    if seed < 0 or shuffle_buffer < 0:
+        raise ValueError(f"seed and shuffle_buffer must be >= 0, got {seed} and {shuffle_buffer}")
+    layout = StreamLayout(
+        num_samples, accum * world_size, max(workers, 1), micro_batch, seed, subset, shuffle_buffer, shards
+    )
     if layout.range_size < micro_batch:
         raise ValueError(
             f"dataset too small: {num_samples} samples over {layout.num_streams} streams "
             f"({layout.virtual_ranks} virtual ranks x {layout.workers} workers) gives "
-            f"{layout.range_size} per stream, fewer than micro_batch={micro_batch}"
+            f"{num_samples // layout.num_streams} per stream, fewer than micro_batch={micro_batch}"
         )
     return layout
 
@@ -129,16 +137,27 @@ def slice_concatenation(
     return pieces
 
 
-def stream_pieces(shard_sizes: Sequence[int], layout: StreamLayout, epoch: int, stream: int) -> list[Piece]:
-    """What stream `stream` reads in epoch `epoch`, in order."""
-    order = epoch_shard_order(len(shard_sizes), layout.seed, epoch)
-    size = layout.range_size
-    return slice_concatenation(shard_sizes, order, stream * size, size)
+def sequence_pieces(shard_sizes: Sequence[int], seed: int, start: int, count: int) -> list[Piece]:
+    """Positions [start, start + count) of the endless sequence (epoch 0's shard order, then epoch 1's, ...)."""
+    total = sum(shard_sizes)
+    pieces: list[Piece] = []
+    while count > 0:
+        epoch, offset = divmod(start, total)
+        n = min(count, total - offset)
+        pieces += slice_concatenation(shard_sizes, epoch_shard_order(len(shard_sizes), seed, epoch), offset, n)
+        start, count = start + n, count - n
+    return pieces
 
 
-def describe_assignment(shard_sizes: Sequence[int], layout: StreamLayout, epoch: int) -> list[list[Piece]]:
-    """Every stream's pieces in epoch `epoch`, indexed by stream id."""
-    return [stream_pieces(shard_sizes, layout, epoch, s) for s in range(layout.num_streams)]
+def stream_pieces(shard_sizes: Sequence[int], layout: StreamLayout, round_: int, stream: int) -> list[Piece]:
+    """What stream `stream` reads in round `round_`, in order (Q positions)."""
+    start = round_ * layout.round_size + stream * layout.range_size
+    return sequence_pieces(shard_sizes, layout.seed, start, layout.range_size)
+
+
+def describe_assignment(shard_sizes: Sequence[int], layout: StreamLayout, round_: int) -> list[list[Piece]]:
+    """Every stream's pieces in round `round_`, indexed by stream id."""
+    return [stream_pieces(shard_sizes, layout, round_, s) for s in range(layout.num_streams)]
 
 
 def rank_virtual_ranks(rank: int, accum: int) -> range:

@@ -6,9 +6,8 @@ only: not of how the samples are sharded, nor of the worker count; and with one 
 superset of a smaller one (each class keeps a longer prefix of one fixed ranking). Samples without a usable
 label (no `.cls`, not an integer, out of range) are never kept: the loader would skip them anyway.
 
-Labels come from `scan_labels`, which reads only tar headers and the small `.cls` members (local shards are
-opened for random access, so image bytes are seeked over; remote and `pipe:` shards are streamed whole).
-`subset_manifest` runs the scan once, on rank 0, and caches the selection as JSON beside the run.
+Labels come from `scan_labels`, which reads the shards' indices (`SHARD.tar.idx`, shard_index.py): keys and labels
+without opening a shard. `subset_manifest` runs it once, on rank 0, and caches the selection as JSON beside the run.
 """
 
 from __future__ import annotations
@@ -18,80 +17,34 @@ import hashlib
 import json
 import logging
 import math
-import re
 import struct
-import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from webdataset.gopen import gopen
-from webdataset.tariterators import base_plus_ext
-
 from data_prep.atomic import atomic_write_text
 from pretrain.distributed import gather
 
-from .decode import CorruptSample, sample_label
-from .manifest import DataError, Manifest, Shard, is_remote
-from .shard_reader import READ_ERRORS
+from .manifest import DataError, Manifest, Shard
+from .shard_index import NO_LABEL, shard_index, usable_label
 
 log = logging.getLogger(__name__)
 
-NO_LABEL = -1  # a sample whose `.cls` is missing or unusable
 CACHE_VERSION = 1
-_META = re.compile(r"__[^/]*__($|/)")  # member names webdataset's tar iterator skips
 
 Labels = list[list[tuple[str, int]]]  # per shard, in shard order: (key, class index or NO_LABEL)
 Selections = tuple[tuple[int, ...], ...]  # per shard: the sorted in-shard indices kept
 
 
 def scan_labels(manifest: Manifest, threads: int = 8) -> Labels:
-    """(key, class) of every sample of every shard, counting samples as webdataset's group_by_keys does."""
+    """(key, class) of every sample of every shard, from the shards' indices (no shard is read)."""
+    def labels(shard: Shard) -> list[tuple[str, int]]:
+        index = shard_index(shard)
+        return [(key, usable_label(label, manifest.num_classes)) for key, label in zip(index.keys, index.labels,
+                                                                                       strict=True)]
+
     with ThreadPoolExecutor(max(1, min(threads, len(manifest.shards)))) as pool:
-        return list(pool.map(lambda shard: _scan_shard(shard, manifest.num_classes), manifest.shards))
-
-
-def _scan_shard(shard: Shard, num_classes: int) -> list[tuple[str, int]]:
-    try:
-        if is_remote(shard.name):
-            tar = tarfile.open(fileobj=gopen(shard.url), mode="r|*")
-        else:
-            tar = tarfile.open(shard.url)  # random access: next() seeks over each member's data
-        with tar:
-            samples = _samples(tar, num_classes)
-    except READ_ERRORS as exc:
-        first = str(exc).splitlines()[0][:200].rstrip(":") if str(exc) else type(exc).__name__
-        raise DataError(f"cannot scan shard {shard.url} for labels: {first}") from None
-    if len(samples) != shard.num_samples:
-        raise DataError(
-            f"shard {shard.url} holds {len(samples)} samples but the manifest says {shard.num_samples}; "
-            f"a subset needs intact shards (check them with `python -m data_prep verify`)"
-        )
-    return samples
-
-
-def _samples(tar: tarfile.TarFile, num_classes: int) -> list[tuple[str, int]]:
-    keys: list[str] = []
-    labels: list[int] = []
-    for info in tar:
-        if not info.isreg() or _META.match(info.name):
-            continue
-        key, ext = base_plus_ext(info.name)
-        if key is None:
-            continue
-        if not keys or key != keys[-1]:
-            keys.append(key)
-            labels.append(NO_LABEL)
-        if ext.lower() == "cls":
-            labels[-1] = _label(tar.extractfile(info).read(), num_classes)
-    return list(zip(keys, labels, strict=True))
-
-
-def _label(data: bytes, num_classes: int) -> int:
-    try:
-        return sample_label({"cls": data}, num_classes)
-    except CorruptSample:
-        return NO_LABEL
+        return list(pool.map(labels, manifest.shards))
 
 
 def kept_per_class(n: int, fraction: float) -> int:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..preemption import shield_worker, worker_signals_blocked
+from ..preemption import worker_signals_blocked
+from .dataloader import make_dataloader
 from .manifest import Manifest
 from .rng import preserved_globals
 from .sample_stream import SampleStream, StreamState
@@ -40,9 +41,8 @@ class _RankSteps(IterableDataset):
         first_step: int,
         states: dict[int, StreamState],
         transform: Any,
-        buffer_size: int,
     ):
-        self.urls = [s.url for s in manifest.shards]
+        self.shards = manifest.shards
         self.shard_sizes = manifest.shard_sizes
         self.selections = manifest.selections
         self.num_classes = manifest.num_classes
@@ -51,7 +51,6 @@ class _RankSteps(IterableDataset):
         self.first_step = first_step
         self.states = states
         self.transform = transform
-        self.buffer_size = buffer_size
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -85,11 +84,10 @@ class _RankSteps(IterableDataset):
         return SampleStream(
             stream_id,
             self.layout,
-            self.urls,
+            self.shards,
             self.shard_sizes,
             num_classes=self.num_classes,
             transform=self.transform,
-            buffer_size=self.buffer_size,
             state=StreamState.from_dict(self.states[stream_id].to_dict()),
             selections=self.selections,
         )
@@ -102,7 +100,7 @@ class TrainLoader:
         self, loader: DataLoader, layout: StreamLayout, first_step: int, states: dict[int, StreamState]
     ):
         self.layout = layout
-        self.steps_per_epoch = layout.steps_per_epoch
+        self.steps_per_round = layout.steps_per_round
         self.next_step = first_step
         self._loader = loader
         self._iter: Iterator[dict] | None = None
@@ -162,13 +160,11 @@ def build_train_loader(
         workers=workers,
         seed=seed,
         subset=manifest.subset,
+        shuffle_buffer=shuffle_buffer,
+        shards=manifest.digest,
     )
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    if shuffle_buffer < 0 or prefetch < 1:
-        raise ValueError(
-            f"shuffle_buffer must be >= 0 and prefetch >= 1, got {shuffle_buffer} and {prefetch}"
-        )
     vranks = rank_virtual_ranks(rank, accum)
     ids = [layout.stream_id(v, w) for v in vranks for w in range(layout.workers)]
     if state is None:
@@ -176,18 +172,7 @@ def build_train_loader(
     else:
         check_state(state, layout)
         first_step, states = int(state["step"]), stream_states(state, ids)
-    dataset = _RankSteps(manifest, layout, vranks, first_step, states, transform, shuffle_buffer)
-    # No persistent_workers: the TrainLoader makes one endless iterator, whose workers live as long as it does.
-    extra = dict(prefetch_factor=prefetch) if workers > 0 else {}
-    # A private generator: creating the iterator then draws no number from torch's global RNG.
-    private = torch.Generator()
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        generator=private,
-        worker_init_fn=shield_worker,
-        **extra,
-    )
+    dataset = _RankSteps(manifest, layout, vranks, first_step, states, transform)
+    # Not persistent: the TrainLoader makes one endless iterator, whose workers live as long as it does.
+    loader = make_dataloader(dataset, workers=workers, pin_memory=pin_memory, prefetch=prefetch, persistent=False)
     return TrainLoader(loader, layout, first_step, states)

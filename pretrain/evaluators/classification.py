@@ -15,7 +15,7 @@ from torch import nn
 
 from pretrain.config import PretrainConfig
 from pretrain.config.schema import EvalSpec
-from pretrain.data import build_eval_loader, check_head_classes, eval_transform, load_manifest
+from pretrain.data import Manifest, build_eval_loader, check_head_classes, eval_transform, load_manifest
 from pretrain.distributed import DistEnv
 from pretrain.evaluators.accuracy import EvalAccumulator, load_real_labels
 from pretrain.evaluators.forward import evaluation_mode, logits_fp32
@@ -25,9 +25,10 @@ from pretrain.evaluators.lockstep import lockstep
 RESIZE_MODES = {"crop": "crop", "resize": "squash"}
 
 
-def spec_loader(spec: EvalSpec, path: str, cfg: PretrainConfig, env: DistEnv):
-    """This rank's exact share of the shards at `path`, preprocessed as `spec` says."""
-    manifest = load_manifest(path)
+def spec_loader(spec: EvalSpec, path: str, cfg: PretrainConfig, env: DistEnv, manifest: Manifest | None = None):
+    """This rank's exact share of the shards at `path` (or of `manifest`, a subset of them), preprocessed as `spec`
+    says."""
+    manifest = load_manifest(path) if manifest is None else manifest
     transform = eval_transform(cfg.model.img_size, crop_pct=spec.crop_pct, resize=RESIZE_MODES[spec.preprocess],
                                mean=cfg.augment.mean, std=cfg.augment.std, jpeg_decoder=cfg.data.jpeg_decoder)
     loader = build_eval_loader(manifest, batch_size=spec.batch_size, rank=env.rank, world_size=env.world_size,

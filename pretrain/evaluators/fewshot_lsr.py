@@ -123,7 +123,7 @@ def fewshot_indices(labels: np.ndarray, num_classes: int, shots: int, seed: int)
     return np.concatenate([indices[:shots] for indices in per_class])
 
 
-def _check_counts(train_labels: np.ndarray, num_classes: int, shots: Sequence[int]) -> None:
+def check_counts(train_labels: np.ndarray, num_classes: int, shots: Sequence[int]) -> None:
     counts = np.bincount(train_labels, minlength=num_classes)
     poorest = int(np.argmin(counts))
     if counts[poorest] < max(shots):
@@ -154,7 +154,7 @@ def fewshot_accuracy(
         raise FewShotError("features and labels must have the same number of rows")
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    _check_counts(train_labels, num_classes, shots)
+    check_counts(train_labels, num_classes, shots)
     per_seed = {n: [] for n in shots}
     for seed in seeds:
         for n in shots:
