@@ -38,6 +38,8 @@ case "${STUB_PARENT_WHEN:-}" in
     at-exit) kill -"$STUB_PARENT_SIGNAL" "$batch" ;;
     after-exit) (sleep "$STUB_PARENT_DELAY"; kill -"$STUB_PARENT_SIGNAL" "$batch" 2>/dev/null) >/dev/null 2>&1 & ;;
 esac
+# STUB_REPORT: srun's report of its tasks, appended to the job's stderr file STUB_STDERR
+[ -z "${STUB_REPORT:-}" ] || printf '%b\\n' "$STUB_REPORT" >> "$STUB_STDERR"
 exit "$STUB_RC"
 """
 # `scontrol -o show job` answers STUB_JOB_INFO (or fails when STUB_SHOW_FAILS is set); every call is logged.
@@ -237,6 +239,24 @@ def test_the_exit_status_survives_a_signal_at_any_point(tmp_path, signame, when,
         result = _run("pretrain.sbatch", env)
         assert result.returncode == 0, f"attempt {attempt}: exit {result.returncode}\n{result.stdout}{result.stderr}"
         assert _requeues(tmp_path) == ["requeue 4242"], f"attempt {attempt}"
+
+
+@pytest.mark.parametrize(("earlier", "report", "requeued"), [
+    ("", "srun: error: n2: task 1: Killed\\nsrun: error: n1: task 0: Exited with exit code 76", True),
+    ("", "srun: error: n3: tasks 4-7: Killed\\nsrun: error: n1: tasks 0-3: Exited with exit code 76", True),
+    # a killed task and no rank that lost contact (an OOM kill of a 1-node job); a 76 of an earlier run does not count
+    ("srun: error: n1: task 0: Exited with exit code 76\n", "srun: error: n1: task 0: Killed", False),
+])
+def test_a_killed_task_with_a_survivor_that_lost_it_requeues(tmp_path, earlier, report, requeued):
+    # srun's status is the highest of its tasks': 137 for a task killed by kill -9 beats the survivors' 76.
+    stderr = tmp_path / "job.out"
+    stderr.write_text(earlier)
+    info = f"JobId=4242 JobState=RUNNING Reason=None Restarts=0 StdErr={stderr}"
+    result = _run("pretrain.sbatch", _env(tmp_path, 137, STUB_JOB_INFO=info, STUB_REPORT=report,
+                                          STUB_STDERR=str(stderr)))
+    assert _requeues(tmp_path) == (["requeue 4242"] if requeued else []), result.stdout + result.stderr
+    assert result.returncode == (0 if requeued else 137), result.stdout + result.stderr
+    assert ("a task died of signal 9 and another exited with 76" in result.stdout) == requeued
 
 
 def test_sigusr1_to_the_batch_shell_reaches_the_tasks_and_requeues(tmp_path):

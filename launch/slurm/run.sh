@@ -30,6 +30,17 @@ fi
 
 # The restart count this run started with (Slurm sets it from the first requeue on).
 restarts_at_start=${SLURM_RESTART_COUNT:-0}
+
+job_field() {  # job_field NAME: the value of NAME=... in $job_info (`scontrol -o show job`), empty when absent
+    [[ " $job_info " =~ \ $1=([^ ]*) ]] && echo "${BASH_REMATCH[1]}"
+}
+# srun's exit status is the highest of its tasks', a task killed by a signal counting as 128 + the signal: when a
+# rank is killed (kill -9, OOM, its node lost) and the others exit 76, srun says 137. Its report of each task
+# ("srun: error: n1: task 0: Exited with exit code 76") goes to the job's stderr file; where this run's part of it
+# begins, to tell the two apart after srun has ended.
+job_info=$(scontrol -o show job "${SLURM_JOB_ID:?}" 2>/dev/null) || job_info=
+stderr_file=$(job_field StdErr)
+stderr_offset=$(stat -c %s "$stderr_file" 2>/dev/null) || stderr_offset=
 srun_pid=
 # srun's pid and exit status, written by the subshell that runs it (below).
 state_dir=$(mktemp -d "${TMPDIR:-/tmp}/run.sh.XXXXXX") || exit 2
@@ -82,6 +93,14 @@ if ! [[ "$rc" =~ ^[0-9]+$ ]]; then
     exit 1
 fi
 
+# A task died of a signal and another lost contact with it: the job is requeued as for 76 alone.
+if [ "$rc" -gt 128 ] && [ -n "$stderr_offset" ] && tail -c +"$((stderr_offset + 1))" "$stderr_file" 2>/dev/null |
+        grep -Eq "^srun: error: [^ ]+: tasks? [0-9,-]+: Exited with exit code $PEER_LOST_EXIT_CODE\$"; then
+    echo "run.sh: a task died of signal $((rc - 128)) and another exited with $PEER_LOST_EXIT_CODE (lost contact" \
+         "with it)"
+    rc=$PEER_LOST_EXIT_CODE
+fi
+
 case "$rc" in
     "$PREEMPTED_EXIT_CODE") what="checkpoint saved after a preemption signal" ;;
     "$PEER_LOST_EXIT_CODE") what="a task lost contact with another rank (dead, on a lost node, or hung)" ;;
@@ -93,9 +112,6 @@ esac
 
 # What Slurm says about the job now. While the job ends, JobState reads COMPLETING whatever it ends as, so the
 # decision rests on the restart count, the reason (TimeLimit) and the preemption time.
-job_field() {  # job_field NAME: the value of NAME=... in `scontrol -o show job`, empty when absent
-    [[ " $job_info " =~ \ $1=([^ ]*) ]] && echo "${BASH_REMATCH[1]}"
-}
 job_info=$(scontrol -o show job "${SLURM_JOB_ID:?}" 2>/dev/null) || job_info=
 restarts_now=$(job_field Restarts)
 if [[ "$restarts_now" =~ ^[0-9]+$ ]] && [ "$restarts_now" -gt "$restarts_at_start" ]; then
