@@ -21,10 +21,9 @@ from launch.cli import rank, run_dir_for, run_main, run_parser  # noqa: E402  (i
 
 def main(argv: list[str] | None = None) -> int:
     args = run_parser(__doc__.splitlines()[0]).parse_args(argv)
-    from finetune.config import FinetuneConfig
-    from pretrain.config import load_config
+    from finetune.config import load_finetune_config
 
-    cfg = load_config(args.config, FinetuneConfig, args.set)  # before the slow imports: a typo fails at once
+    cfg = load_finetune_config(args.config, args.set)  # before the slow imports: a typo fails at once
     from finetune.stage import FINETUNE
     from pretrain.run import METRICS, train
 

@@ -12,7 +12,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,8 +76,12 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[str] = ()) -> T:
-    """Read a YAML file into `schema`, apply `key=value` overrides, validate every section."""
+def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[str] = (),
+                complete: Callable[[dict[str, Any]], None] | None = None) -> T:
+    """Read a YAML file into `schema`, apply `key=value` overrides, validate every section.
+
+    `complete` may fill in the raw mapping (overrides applied) before it is typed: what the config leaves out and
+    something else records (fine-tuning takes the model from its init checkpoint, `finetune.init_model`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -92,6 +96,8 @@ def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[st
     for item in overrides:
         key, value = parse_override(item)
         _set_path(raw, key, value, schema)
+    if complete is not None:
+        complete(raw)
     cfg = _build(schema, raw, prefix="")
     validate(cfg)
     return cfg
