@@ -66,3 +66,11 @@ def run_parser(description: str) -> argparse.ArgumentParser:
 
 def run_dir_for(config: str, run_dir: str | None) -> Path:
     return Path(run_dir) if run_dir else Path("runs") / Path(config).stem
+
+
+def summary_line(metrics: dict, weights: str, path: Path) -> str:
+    """What an evaluation found, for people: `weights`' top-1/top-5 on how many samples, and where the rest is."""
+    if "top1" not in metrics:
+        return f"evaluated {weights}: {path}"
+    return (f"{weights}: top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on {metrics['num_samples']} "
+            f"samples (all metrics: {path})")

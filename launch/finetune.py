@@ -16,7 +16,7 @@ from pretrain.preemption import PreemptionFlag
 
 PREEMPTION = PreemptionFlag()  # first thing: Slurm's SIGUSR1/SIGTERM during the imports and set-up are kept
 
-from launch.cli import rank, run_dir_for, run_main, run_parser  # noqa: E402  (imports torch)
+from launch.cli import rank, run_dir_for, run_main, run_parser, summary_line  # noqa: E402  (imports torch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,15 +25,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_finetune_config(args.config, args.set)  # before the slow imports: a typo fails at once
     from finetune.stage import FINETUNE
+    from pretrain.checkpoint import FINAL
     from pretrain.run import METRICS, train
 
     run_dir = run_dir_for(args.config, args.run_dir)
     result = train(cfg, run_dir, resume=args.resume == "auto", stage=FINETUNE, preemption=PREEMPTION)
     metrics = run_dir / METRICS
     if not result.preempted and rank() == 0 and metrics.is_file():
-        summary = json.loads(metrics.read_text())
-        print(json.dumps({k: summary[k] for k in ("top1", "top5", "loss", "num_samples") if k in summary}),
-              flush=True)
+        weights = f"fine-tuned weights {run_dir / FINAL} at {cfg.model.img_size} px"
+        print(summary_line(json.loads(metrics.read_text()), weights, metrics), flush=True)
     return result.exit_code
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,11 @@ from torch import nn
 
 from pretrain.checkpoint import FINAL, FINAL_EMA, Checkpointer
 from pretrain.config import PretrainConfig, check_against_world, save_config, to_dict
+from pretrain.config.preflight import evals_key, preflight
 from pretrain.config.schema import EvalSpec
 from pretrain.config.startup import check_warmup, check_workers
 from pretrain.convit_stats import convit_scalars, gpsa_layers
-from pretrain.data import MixupPerStep, check_head_classes, device_preprocess, load_manifest
+from pretrain.data import MixupPerStep, check_head_classes, device_preprocess
 from pretrain.distributed import DistEnv, detect_env, init_distributed, shutdown_distributed
 from pretrain.ema import EMA
 from pretrain.engine import Engine, StepResult
@@ -65,12 +66,15 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Stage:
-    """What makes a stage: its model (built and loaded from the config), its default evaluators, and whether its
-    data must have exactly the head's classes."""
+    """What makes a stage: its model (built and loaded from the config), its default evaluators (and the config
+    keys that set their fields, for the messages: `val.data` -> `data.val`), whether its data must have exactly
+    the head's classes, and its own checks before the process group starts (`check`)."""
 
     build_model: Callable[[PretrainConfig], nn.Module]
     default_evals: Callable[[PretrainConfig], Mapping[str, EvalSpec]] = lambda cfg: {}
     exact_classes: bool = False
+    eval_keys: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[PretrainConfig], None] = lambda cfg: None
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
@@ -294,10 +298,10 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETR
           preemption: PreemptionFlag | None = None) -> TrainResult:
     """Run (or resume) the configured stage in `run_dir`. `preemption`: the flag the entry point set up first thing
     (made here otherwise)."""
-    check_data_paths(cfg, stage)  # a wrong path is reported in seconds, before the process group starts
+    env = detect_env()
+    check_before_start(cfg, stage, env)  # a mistake is one line in seconds, before the process group starts
     flag = preemption or PreemptionFlag()
     try:
-        env = detect_env()
         init_distributed(env)
         run = Run(cfg, run_dir, env, stage)
         try:
@@ -311,10 +315,8 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETR
     return result
 
 
-def check_data_paths(cfg: PretrainConfig, stage: Stage) -> None:
-    """Every shard set the run reads (training data, evaluators) has a readable manifest."""
-    load_manifest(cfg.data.train)
-    for spec in {**stage.default_evals(cfg), **cfg.evals}.values():
-        for path in (spec.data, spec.train, spec.val):
-            if path:
-                load_manifest(path)
+def check_before_start(cfg: PretrainConfig, stage: Stage, env: DistEnv) -> None:
+    """The checks that need no process group (`pretrain.config.preflight`), then the stage's own."""
+    specs = {**stage.default_evals(cfg), **cfg.evals}
+    preflight(cfg, specs, env.world_size, stage.exact_classes, evals_key(cfg, stage.eval_keys), rank=env.rank)
+    stage.check(cfg)
