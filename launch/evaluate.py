@@ -66,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune.config import load_finetune_config
     from pretrain.config import ConfigError
+    from pretrain.console import quiet_deepspeed_logger, quiet_libraries, start_up_prints
 
     overrides = [*args.set, f"init.path={args.checkpoint}", "fewshot.weights=[trained]"]
     overrides += [f"data.val={args.data}"] if args.data else []
     overrides += ["fewshot.enabled=true"] if args.fewshot else []
     cfg = load_finetune_config(config, overrides)
+    quiet_libraries(cfg.logging.verbose)  # before DeepSpeed is imported
 
     from finetune.init import load_init
     from finetune.stage import EVAL_KEYS, check_init, default_evals
@@ -90,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     env = detect_env()
     preflight(cfg, specs, env.world_size, exact_classes=True, key_of=evals_key(cfg, EVAL_KEYS), train=False)
     check_init(cfg, drop_head=False)
-    init_distributed(env)
+    quiet_deepspeed_logger(cfg.logging.verbose)
+    with start_up_prints(cfg.logging.verbose):
+        init_distributed(env)
     evaluators = build_evaluators(specs, cfg, env, exact_classes=True)
     dtype = DTYPES[cfg.train.precision]
     model = build_model(cfg)

@@ -17,6 +17,7 @@ from pretrain.preemption import PreemptionFlag
 PREEMPTION = PreemptionFlag()  # first thing: Slurm's SIGUSR1/SIGTERM during the imports and set-up are kept
 
 from launch.cli import rank, run_dir_for, run_main, run_parser, summary_line  # noqa: E402  (imports torch)
+from pretrain.console import quiet_libraries  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.config import load_finetune_config
 
     cfg = load_finetune_config(args.config, args.set)  # before the slow imports: a typo fails at once
+    quiet_libraries(cfg.logging.verbose)  # before DeepSpeed is imported
     from finetune.stage import FINETUNE
     from pretrain.checkpoint import FINAL
     from pretrain.run import METRICS, train

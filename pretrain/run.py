@@ -24,6 +24,7 @@ from pretrain.config import PretrainConfig, check_against_world, save_config, to
 from pretrain.config.preflight import evals_key, preflight
 from pretrain.config.schema import EvalSpec
 from pretrain.config.startup import check_warmup, check_workers
+from pretrain.console import describe_env, quiet_deepspeed_logger, start_up_prints
 from pretrain.convit_stats import convit_scalars, gpsa_layers
 from pretrain.data import MixupPerStep, check_head_classes, device_preprocess
 from pretrain.distributed import DistEnv, detect_env, init_distributed, shutdown_distributed
@@ -112,6 +113,7 @@ class Run:
     def __init__(self, cfg: PretrainConfig, run_dir: Path, env: DistEnv, stage: Stage = PRETRAIN) -> None:
         self.cfg, self.run_dir, self.env = cfg, run_dir, env
         self.accum = check_against_world(cfg, env.world_size)
+        self._phase(f"opening the training data {cfg.data.train}")
         self.data = TrainData(cfg, env, run_dir, self.accum)
         check_workers(self.data.manifest, cfg, env.world_size)
         self.length = resolve_run_length(cfg, self.data.full_samples, self.data.manifest.num_samples)
@@ -120,6 +122,7 @@ class Run:
         check_head_classes(self.data.manifest, cfg.data.train, cfg.model.num_classes, stage.exact_classes)
         specs = {**stage.default_evals(cfg), **cfg.evals}
         evaluators = build_evaluators(specs, cfg, env, stage.exact_classes)  # bad eval data fails before training
+        self._phase(f"building {cfg.model.name} at {cfg.model.img_size} px")
         model = stage.build_model(cfg)
         self.flops_per_image = model_flops_per_image(model, cfg.model.img_size)
         self.draws_weights = is_mixer(model)
@@ -129,6 +132,7 @@ class Run:
         if cfg.model.compile:
             model.compile()  # in place: parameter names, checkpoints and exports stay those of the model
         self.rng = RNGStates(cfg.train.seed, env.rank)  # dropout / drop-path differ per rank
+        self._phase("building the DeepSpeed engine")
         self.engine = Engine(cfg, env, model, self.length)
         self.state = TrainState()
         self.ema = EMA(self.engine.module, cfg.ema.decay) if cfg.ema.decay else None
@@ -148,6 +152,11 @@ class Run:
         self.peak_flops, peak_source = peak_flops(env.device, self.engine.dtype)
         log.info("peak %.1f TFLOP/s per device (%s) for MFU", self.peak_flops / 1e12, peak_source)
 
+    def _phase(self, what: str) -> None:
+        """One line as a phase of the start-up begins (rank 0), so none is silent for long."""
+        if self.env.rank == 0:
+            log.info("%s", what)
+
     def _mixup(self) -> MixupPerStep | None:
         a = self.cfg.augment
         if a.mixup <= 0 and a.cutmix <= 0:
@@ -158,6 +167,8 @@ class Run:
     def run(self, preemption: PreemptionFlag, resume: bool) -> TrainResult:
         """Restore; while not done: step, then each component does what is due at this step; save when due."""
         steps, state = self.length.steps, self.state
+        if resume:
+            self._phase(f"restoring the latest checkpoint of {self.checkpointer.dir}")
         if resume and self.checkpointer.restore() is not None:
             log.info("resumed from step %d", state.step)
         if self.env.rank == 0:
@@ -300,10 +311,14 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETR
     (made here otherwise)."""
     env = detect_env()
     check_before_start(cfg, stage, env)  # a mistake is one line in seconds, before the process group starts
+    quiet_deepspeed_logger(cfg.logging.verbose)
+    if env.rank == 0:
+        log.info("%s", describe_env(env, cfg))
     flag = preemption or PreemptionFlag()
     try:
-        init_distributed(env)
-        run = Run(cfg, run_dir, env, stage)
+        with start_up_prints(cfg.logging.verbose):
+            init_distributed(env)
+            run = Run(cfg, run_dir, env, stage)
         try:
             result = run.run(flag, resume)
         finally:

@@ -73,6 +73,7 @@ class Evaluations:
     def _run(self, names: list[str], model: nn.Module, preprocess, step: int, weights: str) -> None:
         for name in names:
             spec = self.specs[name]
+            log.info("evaluating %s (%s weights) at step %d", name, weights, step)
             result = self.evaluators[name](model, preprocess)
             record = {"step": step, "name": name, "type": spec.type, "weights": weights}
             record.update({"fewshot": result} if spec.type == "fewshot" else result)
