@@ -26,10 +26,11 @@ from launch.local import BIN, DIGITS, ROOT, build_digits, distributed, sh
 
 FINAL, METRICS = "final.safetensors", "metrics.json"  # pretrain.checkpoint's and pretrain.run's names
 
-# The pretraining's evaluators (the paper's Figure 2/4 curves, at demo scale): validation accuracy and 5-shot.
+# The pretraining's evaluators (the paper's Figure 2/4 curves, at demo scale): validation accuracy and 5-shot, named
+# as the fine-tune stage names its own (`val`, `fewshot`) so both stages' curves share TensorBoard's charts.
 PRETRAIN_EVALS = ("evals.val.type=classification", f"evals.val.data={DIGITS / 'val'}", "evals.val.every_steps=100",
-                  "evals.fs.type=fewshot", f"evals.fs.train={DIGITS / 'train'}", f"evals.fs.val={DIGITS / 'val'}",
-                  "evals.fs.shots=[1,5]", "evals.fs.every_steps=100")
+                  "evals.fewshot.type=fewshot", f"evals.fewshot.train={DIGITS / 'train'}",
+                  f"evals.fewshot.val={DIGITS / 'val'}", "evals.fewshot.shots=[1,5]", "evals.fewshot.every_steps=100")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +54,8 @@ def summary(pretrain: Path, finetune: Path) -> list[str]:
     pre_px, ft_px = _img_size(pretrain), _img_size(finetune)
     pre_weights, ft_weights = pretrain / FINAL, finetune / FINAL
     history = json.loads((ROOT / pretrain / METRICS).read_text())["history"]
-    curve = ", ".join(f"step {r['step']}: {r['fewshot']['5shot']['mean']:.1%}" for r in history if r["name"] == "fs")
+    curve = ", ".join(f"step {r['step']}: {r['fewshot']['5shot']['mean']:.1%}" for r in history
+                      if r["name"] == "fewshot")
     metrics = json.loads((ROOT / finetune / METRICS).read_text())
     lines = [f"pretraining ({pretrain}, {pre_px} px): 5-shot linear accuracy of the weights being trained, "
              f"on the validation digits at {pre_px} px: {curve}",

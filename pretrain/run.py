@@ -43,7 +43,7 @@ from pretrain.run_length import resolve_run_length, resolved_config
 from pretrain.throughput import StepTimer
 from pretrain.train_data import TrainData, skipped_samples
 from pretrain.train_state import TrainState
-from pretrain.weight_images import token_mixing_image
+from pretrain.weight_images import legible, token_mixing_image
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Run:
         if self.env.rank == 0:
             resolved = resolved_config(self.cfg, self.length)
             save_config(resolved, self.run_dir / "config.yaml")
-            self.monitor.log_config(to_dict(resolved))
+            self.monitor.log_config(to_dict(resolved), self.evaluations.metric_tags())
         self.evaluations.run_initial(self.engine.module, self.preprocess, state.step)
         timer, window = StepTimer(), []
         try:
@@ -260,11 +260,12 @@ class Run:
         return out
 
     def log_weight_image(self) -> None:
-        """The first blocks' token-mixing units on the patch grid (paper, Figure 5); collective under ZeRO-3."""
+        """The first blocks' token-mixing units on the patch grid (paper, Figure 5), enlarged (nearest neighbour) to
+        a legible width; collective under ZeRO-3."""
         model = self.engine.module
         weights = [block.mlp_tokens.fc1.weight for block in model.blocks[:2]]
         with deepspeed.zero.GatheredParameters(weights, enabled=self.cfg.train.zero_stage == 3):
-            image = token_mixing_image(model)
+            image = legible(token_mixing_image(model))
         self.monitor.log_image("weights/token_mixing", self.state.step, image)
 
     def log_metrics(self, window: list[StepResult], timer: StepTimer, item: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ def fake_run(root: Path, name: str, img_size: int, metrics: dict) -> Path:
 def test_each_figure_names_its_weights_and_resolution(tmp_path):
     shot = {"5shot": {"mean": 0.965}}
     pre = fake_run(tmp_path, "demo", 32, {"history": [{"name": "val", "step": 300},
-                                                      {"name": "fs", "step": 300, "fewshot": shot}]})
+                                                      {"name": "fewshot", "step": 300, "fewshot": shot}]})
     ft = fake_run(tmp_path, "demo-finetune", 64, {
         "top1": 0.9, "top5": 1.0, "num_samples": 359,
         "evals": {"fewshot_init": {"fewshot": {"5shot": {"mean": 0.5896}}}, "fewshot": {"fewshot": shot}}})
