@@ -34,6 +34,9 @@ def rank() -> int:
 
 
 def setup_logging() -> None:
+    from pretrain.console import name_accelerator
+
+    name_accelerator()
     logging.basicConfig(level=logging.INFO if rank() == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):

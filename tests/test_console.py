@@ -3,13 +3,14 @@ says which device and backend it uses and one line per phase."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
 import torch
 
 from pretrain.config import PretrainConfig
-from pretrain.console import describe_env, quiet_libraries, start_up_prints
+from pretrain.console import describe_env, quiet_deepspeed_logger, quiet_libraries, start_up_prints
 from pretrain.distributed import detect_env
 from tests.helpers_runs import build_digits, failure, run, write_config
 
@@ -32,6 +33,23 @@ def test_the_accelerator_is_named_before_deepspeed_guesses(monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "xpu")
     quiet_libraries(verbose=False)
     assert os.environ["DS_ACCELERATOR"] == "xpu"  # the user's choice stays
+
+
+def test_deepspeeds_untested_optimizer_warning_is_dropped_unless_verbose():
+    logger, seen = logging.getLogger("DeepSpeed"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage()[:20])
+    logger.addHandler(handler)
+    try:
+        quiet_deepspeed_logger(verbose=False)
+        logger.warning("**** You are using ZeRO with an untested optimizer, proceed with caution *****")
+        logger.warning("a real warning")
+        quiet_deepspeed_logger(verbose=True)
+        logger.warning("**** You are using ZeRO with an untested optimizer, proceed with caution *****")
+    finally:
+        logger.removeHandler(handler)
+        quiet_deepspeed_logger(verbose=False)
+    assert seen == ["a real warning", "**** You are using Z"]
 
 
 def test_one_line_names_ranks_device_and_backend():
