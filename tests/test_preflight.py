@@ -18,7 +18,7 @@ from pretrain.config import ConfigError, PretrainConfig, load_config
 from pretrain.distributed import detect_env
 from pretrain.models import create_model, save_weights
 from pretrain.run import PRETRAIN, check_before_start, train
-from tests.helpers_data_prep import class_tree
+from tests.helpers_data_prep import class_tree, good_images, write_files
 from tests.helpers_shards import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,12 @@ def test_a_folder_of_images_names_the_key_and_the_data_prep_command(tmp_path, da
     assert error(pretrain_cfg(data, **{"data.train": photos})) == (
         f"`data.train`: no manifest.json in {photos} (a folder of images? build shards first: python -m data_prep "
         f"build --layout folders --source {photos} --out {photos}-shards)")
+    flat = tmp_path / "flat"
+    write_files(str(flat), good_images())
+    assert error(pretrain_cfg(data, **{"data.train": flat})) == (
+        f"`data.train`: no manifest.json in {flat} (a flat folder of images? shards need labels: one sub-folder per "
+        f"class, then python -m data_prep build --layout folders --source {flat} --out {flat}-shards; or --layout "
+        "list --list LABELS)")
     assert error(pretrain_cfg(data, **{"data.train": tmp_path / "none"})) == (
         f"`data.train`: {tmp_path / 'none'} does not exist (a shard folder made by python -m data_prep build)")
 

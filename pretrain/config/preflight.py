@@ -53,11 +53,13 @@ def _what_it_holds(folder: Path) -> str:
     images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in entries)
     class_dirs = any(p.is_dir() and any(c.suffix.lower() in IMAGE_SUFFIXES for c in sorted(p.iterdir())[:50])
                      for p in entries[:20])
-    if not (images or class_dirs):
-        return " (a shard folder made by python -m data_prep build)"
-    layout = "folders" if class_dirs else "list"
-    return (f" (a folder of images? build shards first: python -m data_prep build --layout {layout} --source "
-            f"{folder} --out {folder}-shards)")
+    if class_dirs:
+        return (f" (a folder of images? build shards first: python -m data_prep build --layout folders --source "
+                f"{folder} --out {folder}-shards)")
+    if images:
+        return (f" (a flat folder of images? shards need labels: one sub-folder per class, then python -m data_prep "
+                f"build --layout folders --source {folder} --out {folder}-shards; or --layout list --list LABELS)")
+    return " (a shard folder made by python -m data_prep build)"
 
 
 def class_counts(manifest: Manifest) -> list[int] | None:
