@@ -5,10 +5,13 @@ STAMP := .venv/.installed
 .PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m launch.prebuild_ops
-	touch $(STAMP)
+	@test -x $(PY) || { echo "setup: creating the virtual environment .venv/"; python3 -m venv .venv; }
+	@echo "setup: installing mixer-pipeline and its dependencies into .venv/ (torch, DeepSpeed, timm, ...; minutes the first time)"
+	@$(PY) -m pip install -q -e ".[dev]"
+	@echo "setup: building DeepSpeed's CPU collective op once (launch/prebuild_ops.py; else the first run compiles it)"
+	@$(PY) -m launch.prebuild_ops
+	@touch $(STAMP)
+	@echo "setup: done; the tools are in .venv/bin/ (python, deepspeed, tensorboard), or: source .venv/bin/activate"
 
 setup: $(STAMP)
 

@@ -3,8 +3,11 @@ the shorthand for the evaluators of `data.val` (more evaluators go in `evals`, a
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pretrain.config import load_config
 from pretrain.config.schema import PretrainConfig, require
 
 
@@ -69,3 +72,11 @@ class FinetuneConfig(PretrainConfig):
     init: InitConfig = field(default_factory=InitConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fewshot: FewshotConfig = field(default_factory=FewshotConfig)
+
+
+def load_finetune_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> FinetuneConfig:
+    """`load_config` of a fine-tune (or evaluation) config whose model, when the config does not name it, is the one
+    its init checkpoint holds (`finetune.init_model`); a config naming another model is a one-line ConfigError."""
+    from finetune.init_model import complete_model
+
+    return load_config(path, FinetuneConfig, overrides, complete=complete_model)

@@ -35,6 +35,9 @@ def rank() -> int:
 
 
 def setup_logging() -> None:
+    from pretrain.console import name_accelerator
+
+    name_accelerator()
     logging.basicConfig(level=logging.INFO if rank() == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
@@ -71,3 +74,11 @@ def run_parser(description: str) -> argparse.ArgumentParser:
 
 def run_dir_for(config: str, run_dir: str | None) -> Path:
     return Path(run_dir) if run_dir else Path("runs") / Path(config).stem
+
+
+def summary_line(metrics: dict, weights: str, path: Path) -> str:
+    """What an evaluation found, for people: `weights`' top-1/top-5 on how many samples, and where the rest is."""
+    if "top1" not in metrics:
+        return f"evaluated {weights}: {path}"
+    return (f"{weights}: top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on {metrics['num_samples']} "
+            f"samples (all metrics: {path})")

@@ -16,16 +16,18 @@ from pretrain.preemption import PreemptionFlag
 
 PREEMPTION = PreemptionFlag()  # first thing: Slurm's SIGUSR1/SIGTERM during the imports and set-up are kept
 
-from launch.cli import rank, run_dir_for, run_main, run_parser  # noqa: E402  (imports torch)
+from launch.cli import rank, run_dir_for, run_main, run_parser, summary_line  # noqa: E402  (imports torch)
+from pretrain.console import quiet_libraries  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     args = run_parser(__doc__.splitlines()[0]).parse_args(argv)
-    from finetune.config import FinetuneConfig
-    from pretrain.config import load_config
+    from finetune.config import load_finetune_config
 
-    cfg = load_config(args.config, FinetuneConfig, args.set)  # before the slow imports: a typo fails at once
+    cfg = load_finetune_config(args.config, args.set)  # before the slow imports: a typo fails at once
+    quiet_libraries(cfg.logging.verbose)  # before DeepSpeed is imported
     from finetune.stage import FINETUNE
+    from pretrain.checkpoint import FINAL
     from pretrain.run import METRICS, train
 
     run_dir = run_dir_for(args.config, args.run_dir)
@@ -33,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                    overwrite=args.overwrite)
     metrics = run_dir / METRICS
     if not result.preempted and rank() == 0 and metrics.is_file():
-        summary = json.loads(metrics.read_text())
-        print(json.dumps({k: summary[k] for k in ("top1", "top5", "loss", "num_samples") if k in summary}),
-              flush=True)
+        weights = f"fine-tuned weights {run_dir / FINAL} at {cfg.model.img_size} px"
+        print(summary_line(json.loads(metrics.read_text()), weights, metrics), flush=True)
     return result.exit_code
 
 

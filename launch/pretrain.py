@@ -15,6 +15,7 @@ from pretrain.preemption import PreemptionFlag
 PREEMPTION = PreemptionFlag()  # first thing: Slurm's SIGUSR1/SIGTERM during the imports and set-up are kept
 
 from launch.cli import run_dir_for, run_main, run_parser  # noqa: E402  (imports torch)
+from pretrain.console import quiet_libraries  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.config import PretrainConfig, load_config
 
     cfg = load_config(args.config, PretrainConfig, args.set)  # before the slow imports: a typo fails at once
+    quiet_libraries(cfg.logging.verbose)  # before DeepSpeed is imported
     from pretrain.run import train
 
     result = train(cfg, run_dir_for(args.config, args.run_dir), resume=args.resume == "auto", preemption=PREEMPTION,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +122,9 @@ class Monitor:
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, float(value), global_step=step, walltime=wall_time)
 
-    def log_config(self, config: Mapping[str, Any]) -> None:
-        """The run's resolved config as a text panel (YAML) and as hparams, so runs can be told apart."""
+    def log_config(self, config: Mapping[str, Any], metrics: Sequence[str] = ()) -> None:
+        """The run's resolved config as a text panel (YAML) and as hparams, so runs can be told apart; `metrics`:
+        the scalar tags HParams shows as columns (their latest value in the run), so runs sort by them."""
         if self.writer is None:
             return
         import yaml
@@ -132,7 +133,7 @@ class Monitor:
         text = "```yaml\n" + yaml.safe_dump(dict(config), sort_keys=False) + "```"
         self.writer.add_text("config", text, global_step=0)
         flat = {k: v for k, v in flatten(config).items() if isinstance(v, (int, float, str, bool))}
-        for summary in hparams(flat, {}):
+        for summary in hparams(flat, dict.fromkeys(metrics, 0.0)):  # only the names are written
             self.writer.file_writer.add_summary(summary)
 
     def log_image(self, tag: str, step: int, image: torch.Tensor) -> None:

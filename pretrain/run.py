@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,12 @@ from torch import nn
 
 from pretrain.checkpoint import FINAL, FINAL_EMA, Checkpointer
 from pretrain.config import PretrainConfig, check_against_world, save_config, to_dict
+from pretrain.config.preflight import evals_key, preflight
 from pretrain.config.schema import EvalSpec
 from pretrain.config.startup import check_warmup, check_workers
+from pretrain.console import describe_env, quiet_deepspeed_logger, start_up_prints
 from pretrain.convit_stats import convit_scalars, gpsa_layers
-from pretrain.data import MixupPerStep, check_head_classes, device_preprocess, load_manifest
+from pretrain.data import MixupPerStep, check_head_classes, device_preprocess
 from pretrain.distributed import (
     PEER_LOST_EXIT_CODE,
     DistEnv,
@@ -49,7 +51,7 @@ from pretrain.run_length import resolve_run_length, resolved_config
 from pretrain.throughput import StepTimer
 from pretrain.train_data import TrainData, skipped_samples
 from pretrain.train_state import TrainState
-from pretrain.weight_images import token_mixing_image
+from pretrain.weight_images import legible, token_mixing_image
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +74,15 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class Stage:
-    """What makes a stage: its model (built and loaded from the config), its default evaluators, and whether its
-    data must have exactly the head's classes."""
+    """What makes a stage: its model (built and loaded from the config), its default evaluators (and the config
+    keys that set their fields, for the messages: `val.data` -> `data.val`), whether its data must have exactly
+    the head's classes, and its own checks before the process group starts (`check`)."""
 
     build_model: Callable[[PretrainConfig], nn.Module]
     default_evals: Callable[[PretrainConfig], Mapping[str, EvalSpec]] = lambda cfg: {}
     exact_classes: bool = False
+    eval_keys: Mapping[str, str] = field(default_factory=dict)
+    check: Callable[[PretrainConfig], None] = lambda cfg: None
 
 
 def build_model(cfg: PretrainConfig) -> nn.Module:
@@ -115,6 +120,7 @@ class Run:
     def __init__(self, cfg: PretrainConfig, run_dir: Path, env: DistEnv, stage: Stage = PRETRAIN) -> None:
         self.cfg, self.run_dir, self.env = cfg, run_dir, env
         self.accum = check_against_world(cfg, env.world_size)
+        self._phase(f"opening the training data {cfg.data.train}")
         self.data = TrainData(cfg, env, run_dir, self.accum)
         check_workers(self.data.manifest, cfg, env.world_size)
         self.length = resolve_run_length(cfg, self.data.full_samples, self.data.manifest.num_samples)
@@ -123,6 +129,7 @@ class Run:
         check_head_classes(self.data.manifest, cfg.data.train, cfg.model.num_classes, stage.exact_classes)
         specs = {**stage.default_evals(cfg), **cfg.evals}
         evaluators = build_evaluators(specs, cfg, env, stage.exact_classes)  # bad eval data fails before training
+        self._phase(f"building {cfg.model.name} at {cfg.model.img_size} px")
         model = stage.build_model(cfg)
         self.flops_per_image = model_flops_per_image(model, cfg.model.img_size)
         self.draws_weights = is_mixer(model)
@@ -132,6 +139,7 @@ class Run:
         if cfg.model.compile:
             model.compile()  # in place: parameter names, checkpoints and exports stay those of the model
         self.rng = RNGStates(cfg.train.seed, env.rank)  # dropout / drop-path differ per rank
+        self._phase("building the DeepSpeed engine")
         self.engine = Engine(cfg, env, model, self.length)
         self.state = TrainState()
         self.ema = EMA(self.engine.module, cfg.ema.decay) if cfg.ema.decay else None
@@ -151,6 +159,11 @@ class Run:
         self.peak_flops, peak_source = peak_flops(env.device, self.engine.dtype)
         log.info("peak %.1f TFLOP/s per device (%s) for MFU", self.peak_flops / 1e12, peak_source)
 
+    def _phase(self, what: str) -> None:
+        """One line as a phase of the start-up begins (rank 0), so none is silent for long."""
+        if self.env.rank == 0:
+            log.info("%s", what)
+
     def _mixup(self) -> MixupPerStep | None:
         a = self.cfg.augment
         if a.mixup <= 0 and a.cutmix <= 0:
@@ -161,6 +174,8 @@ class Run:
     def run(self, preemption: PreemptionFlag, resume: bool) -> TrainResult:
         """Restore; while not done: step, then each component does what is due at this step; save when due."""
         steps, state = self.length.steps, self.state
+        if resume:
+            self._phase(f"restoring the latest checkpoint of {self.checkpointer.dir}")
         restored = resume and self.checkpointer.restore() is not None
         if restored:
             log.info("resumed from step %d", state.step)
@@ -168,7 +183,7 @@ class Run:
         if self.env.rank == 0:
             resolved = resolved_config(self.cfg, self.length)
             save_config(resolved, self.run_dir / "config.yaml")
-            self.monitor.log_config(to_dict(resolved))
+            self.monitor.log_config(to_dict(resolved), self.evaluations.metric_tags())
         self.evaluations.run_initial(self.engine.module, self.preprocess, state.step)
         timer, window = StepTimer(), []
         try:
@@ -254,11 +269,12 @@ class Run:
         return out
 
     def log_weight_image(self) -> None:
-        """The first blocks' token-mixing units on the patch grid (paper, Figure 5); collective under ZeRO-3."""
+        """The first blocks' token-mixing units on the patch grid (paper, Figure 5), enlarged (nearest neighbour) to
+        a legible width; collective under ZeRO-3."""
         model = self.engine.module
         weights = [block.mlp_tokens.fc1.weight for block in model.blocks[:2]]
         with deepspeed.zero.GatheredParameters(weights, enabled=self.cfg.train.zero_stage == 3):
-            image = token_mixing_image(model)
+            image = legible(token_mixing_image(model))
         self.monitor.log_image("weights/token_mixing", self.state.step, image)
 
     def log_metrics(self, window: list[StepResult], timer: StepTimer, item: dict[str, Any]) -> None:
@@ -306,11 +322,15 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETR
     (`pretrain.run_dir`)."""
     env = detect_env()
     claim(run_dir, resume=resume, overwrite=overwrite, rank=env.rank)  # every rank, before any rank writes
-    check_data_paths(cfg, stage)  # a wrong path is reported in seconds, before the process group starts
+    check_before_start(cfg, stage, env)  # a mistake is one line in seconds, before the process group starts
+    quiet_deepspeed_logger(cfg.logging.verbose)
+    if env.rank == 0:
+        log.info("%s", describe_env(env, cfg))
     flag = preemption or PreemptionFlag()
     try:
-        init_distributed(env, cfg.train.collective_timeout_s)
-        run = Run(cfg, run_dir, env, stage)
+        with start_up_prints(cfg.logging.verbose):
+            init_distributed(env, cfg.train.collective_timeout_s)
+            run = Run(cfg, run_dir, env, stage)
         try:
             result = run.run(flag, resume)
         except RuntimeError as err:
@@ -336,10 +356,8 @@ def peer_lost(err: RuntimeError, env: DistEnv, run: Run) -> TrainResult:
     return TrainResult(run.state.step, False, run.state.bad_steps, PEER_LOST_EXIT_CODE)
 
 
-def check_data_paths(cfg: PretrainConfig, stage: Stage) -> None:
-    """Every shard set the run reads (training data, evaluators) has a readable manifest."""
-    load_manifest(cfg.data.train)
-    for spec in {**stage.default_evals(cfg), **cfg.evals}.values():
-        for path in (spec.data, spec.train, spec.val):
-            if path:
-                load_manifest(path)
+def check_before_start(cfg: PretrainConfig, stage: Stage, env: DistEnv) -> None:
+    """The checks that need no process group (`pretrain.config.preflight`), then the stage's own."""
+    specs = {**stage.default_evals(cfg), **cfg.evals}
+    preflight(cfg, specs, env.world_size, stage.exact_classes, evals_key(cfg, stage.eval_keys), rank=env.rank)
+    stage.check(cfg)

@@ -26,6 +26,7 @@ from data_prep.atomic import atomic_path
 TILE_GAP = 1
 PANEL_GAP = 4
 GAP_VALUE = 1.0
+LEGIBLE_WIDTH = 960  # pixels across a picture in TensorBoard, at least
 
 
 def find_parameter(model: torch.nn.Module, name: str) -> torch.Tensor:
@@ -100,14 +101,24 @@ def stem_filters_image(model: torch.nn.Module, max_units: int = 64) -> torch.Ten
     return tile(normalize_symmetric(weight))
 
 
+def enlarge(image: torch.Tensor, scale: int) -> torch.Tensor:
+    """Each pixel of a (C, H, W) image as a ``scale`` x ``scale`` block (nearest neighbour: no blur)."""
+    return image.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+
+
+def legible(image: torch.Tensor, width: int = LEGIBLE_WIDTH) -> torch.Tensor:
+    """``image`` enlarged by the whole factor that brings it to at least ``width`` pixels across (TensorBoard
+    shows an image at its own size: a 146-pixel picture of 8x8 weights is a blur)."""
+    return enlarge(image, max(1, math.ceil(width / image.shape[-1])))
+
+
 def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> None:
     """Write a (1|3, H, W) or (H, W) image in [0, 1] as PNG, each pixel ``scale`` x ``scale``; atomic."""
     if image.dim() == 2:
         image = image.unsqueeze(0)
     if image.dim() != 3 or image.shape[0] not in (1, 3) or scale < 1:
         raise ValueError(f"need a (H, W) or (1|3, H, W) image, scale >= 1; got {tuple(image.shape)}, {scale}")
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    pixels = pixels.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    pixels = enlarge((image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu(), scale)
     array = np.ascontiguousarray(rearrange(pixels, "c h w -> h w c").numpy())
     picture = Image.fromarray(array[:, :, 0].copy() if array.shape[2] == 1 else array)
     with atomic_path(path) as tmp:

@@ -85,6 +85,18 @@ def test_standalone_evaluation_reproduces_the_metrics_exactly(tmp_path, finetune
     assert ours["loss"] == pytest.approx(trained["loss"], rel=1e-6)
 
 
+def test_evaluating_a_run_needs_only_the_run_and_writes_inside_it(finetuned):
+    run_dir = finetuned[0]
+    proc = run(EVALUATE, 1, "--checkpoint", str(run_dir), "--set", "eval.batch_size=64")
+    assert proc.returncode == 0, failure(proc)
+    ours, trained = metrics(run_dir / "eval"), metrics(run_dir)
+    assert (ours["num_samples"], ours["top1"], ours["per_class_accuracy"]) == (
+        359, trained["top1"], trained["per_class_accuracy"])
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"{run_dir} at 64 px: top-1 {ours['top1']:.2%}, top-5 {ours['top5']:.2%} on 359 samples (all metrics: "
+        f"{run_dir / 'eval' / 'metrics.json'})")
+
+
 def test_finetune_user_mistakes_are_one_line_with_status_2(tmp_path, digits, pretrained):
     def last_line(**overrides) -> str:
         proc = run(FINETUNE, 1, "--config", finetune_config(tmp_path, digits, pretrained, **overrides),
@@ -98,4 +110,5 @@ def test_finetune_user_mistakes_are_one_line_with_status_2(tmp_path, digits, pre
         **{"model.img_size": 48})
     not_mixer = tmp_path / "notes.pth"
     not_mixer.write_bytes(b"not a checkpoint")
-    assert last_line(**{"init.path": str(not_mixer)}).startswith(f"error: {not_mixer}: cannot read weights: ")
+    assert last_line(**{"init.path": str(not_mixer)}).startswith(f"error: `init.path`: {not_mixer}: cannot read "
+                                                                 "weights: ")

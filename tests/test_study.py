@@ -31,7 +31,7 @@ def write(tmp_path: Path, doc: dict) -> Path:
 def test_arm_commands_are_the_users_launch_commands(tmp_path):
     study = load_study(write(tmp_path, STUDY))
     pretrain, evaluate = arm_commands(study, study.arms[1], Path("runs/studies/toy"), ranks=2)
-    launcher = [str(BIN / "deepspeed"), "--num_accelerators", "2", "--master_port", "29531"]
+    launcher = [str(BIN / "deepspeed"), "--log_level", "error", "--num_accelerators", "2", "--master_port", "29531"]
     assert pretrain == [*launcher, "launch/pretrain.py", "--config", "configs/demo.yaml", "--run-dir",
                         "runs/studies/toy/b", "--resume", "auto", "--set", "train.steps=5", "optim.lr=0.01"]
     assert evaluate == [*launcher, "launch/evaluate.py", "--config", "configs/demo.yaml", "--checkpoint",

@@ -12,7 +12,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,8 +76,12 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[str] = ()) -> T:
-    """Read a YAML file into `schema`, apply `key=value` overrides, validate every section."""
+def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[str] = (),
+                complete: Callable[[dict[str, Any]], None] | None = None) -> T:
+    """Read a YAML file into `schema`, apply `key=value` overrides, validate every section.
+
+    `complete` may fill in the raw mapping (overrides applied) before it is typed: what the config leaves out and
+    something else records (fine-tuning takes the model from its init checkpoint, `finetune.init_model`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -92,6 +96,8 @@ def load_config(path: str | os.PathLike, schema: type[T], overrides: Iterable[st
     for item in overrides:
         key, value = parse_override(item)
         _set_path(raw, key, value, schema)
+    if complete is not None:
+        complete(raw)
     cfg = _build(schema, raw, prefix="")
     validate(cfg)
     return cfg
@@ -164,9 +170,20 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _unknown(key: str, schema: type) -> ConfigError:
-    close = difflib.get_close_matches(key, all_keys(schema), n=1, cutoff=0.6)
+    close = (_elsewhere(key, schema, cutoff=1.0) or difflib.get_close_matches(key, all_keys(schema), n=1, cutoff=0.6)
+             or _elsewhere(key, schema))
     hint = f"; did you mean `{close[0]}`?" if close else ""
     return ConfigError(f"`{key}`: unknown key{hint}")
+
+
+def _elsewhere(key: str, schema: type, cutoff: float = 0.8) -> list[str]:
+    """The key of another section whose last part is closest to `key`'s (`optim.warmup_step` ->
+    `schedule.warmup_steps`): a key put in the wrong section. `cutoff` 1.0: the same last part only."""
+    leaves: dict[str, str] = {}
+    for full in all_keys(schema):
+        leaves.setdefault(full.rsplit(".", 1)[-1], full)
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=cutoff)
+    return [leaves[close[0]]] if close else []
 
 
 def _set_path(raw: dict, key: str, value: Any, schema: type) -> None:
@@ -200,26 +217,32 @@ def _entry_type(hint: Any) -> Any:
     return args[1] if typing.get_origin(hint) is dict and len(args) == 2 else dict
 
 
-def _build(schema: type[T], raw: Mapping[str, Any], prefix: str) -> T:
+def _build(schema: type[T], raw: Mapping[str, Any], prefix: str, root: type | None = None) -> T:
+    """`schema` from its raw mapping; an unknown key names the closest key of its section, or else the closest of
+    any section of `root` (the whole config's schema)."""
+    root = root or schema
     hints = _hints(schema)
     for name in raw:
         if name not in hints:
-            close = difflib.get_close_matches(str(name), list(hints), n=1, cutoff=0.6)
-            hint = f"; did you mean `{_join(prefix, close[0])}`?" if close else ""
-            raise ConfigError(f"`{_join(prefix, str(name))}`: unknown key{hint}")
-    kwargs = {name: _coerce(raw[name], hint, _join(prefix, name)) for name, hint in hints.items() if name in raw}
+            key = _join(prefix, str(name))
+            close = _elsewhere(key, root, cutoff=1.0) or [
+                _join(prefix, c) for c in difflib.get_close_matches(str(name), list(hints), n=1, cutoff=0.6)]
+            close = close or _elsewhere(key, root)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            raise ConfigError(f"`{key}`: unknown key{hint}")
+    kwargs = {name: _coerce(raw[name], hint, _join(prefix, name), root) for name, hint in hints.items() if name in raw}
     return schema(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
+def _coerce(value: Any, hint: Any, key: str, root: type | None = None) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"`{key}`: expected a section (mapping), got {value!r}")
-        return _build(hint, value, key)
+        return _build(hint, value, key, root)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], key)
+        return None if value is None else _coerce(value, args[0], key, root)
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -235,7 +258,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"`{key}`: {value!r} is not allowed; expected a mapping")
         entry = _entry_type(hint)
         if dataclasses.is_dataclass(entry):
-            return {str(name): _coerce(v, entry, _join(key, str(name))) for name, v in value.items()}
+            return {str(name): _coerce(v, entry, _join(key, str(name)), root) for name, v in value.items()}
         return dict(value)
     return _scalar(value, hint, key)
 

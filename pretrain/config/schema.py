@@ -247,10 +247,12 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    """TensorBoard and progress-line cadence (rank 0 only)."""
+    """TensorBoard and progress-line cadence (rank 0 only); `verbose`: DeepSpeed's and torch's start-up output as
+    they print it (pretrain/console.py)."""
 
     every_steps: int = 50
     image_every_steps: int = 1000
+    verbose: bool = False
 
     def validate(self, prefix: str) -> None:
         require(self.every_steps > 0, f"{prefix}.every_steps", self.every_steps, "a positive integer")

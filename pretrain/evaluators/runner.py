@@ -2,8 +2,9 @@
 
 Every evaluation is one record `{"step", "name", "type", "weights", ...metrics}`; the records are a checkpoint
 component (a resume continues the history), go to TensorBoard as `eval/<name>/<metric>` (`ema_<metric>` for the
-EMA, `<n>shot` for few-shot) and to `metrics.json` (the history, the latest record of each evaluator, and at the
-top level the latest classification and few-shot results of the trained weights).
+EMA, `<n>shot` for few-shot; `best/eval/...` the best so far; both are HParams' metric columns) and to
+`metrics.json` (the history, the latest record of each evaluator, and at the top level the latest classification
+and few-shot results of the trained weights).
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ def scalars_of(record: Mapping[str, Any]) -> dict[str, float]:
     return {f"{prefix}{k}": record[k] for k in SCALARS if record.get(k) is not None}
 
 
+def best_of(history: list[Mapping[str, Any]], record: Mapping[str, Any]) -> dict[str, float]:
+    """`best/<tag>` for each scalar of `record`: the best value its evaluator and weights reached so far (the
+    lowest loss, the highest of everything else), for TensorBoard's HParams table."""
+    same = [scalars_of(r) for r in history if (r["name"], r["weights"]) == (record["name"], record["weights"])]
+    pick = {tag: min if tag.rsplit("/", 1)[-1].endswith("loss") else max for tag in scalars_of(record)}
+    return {f"best/{tag}": choose(s[tag] for s in same if tag in s) for tag, choose in pick.items()}
+
+
 class Evaluations:
     """Runs `evaluators` (name -> callable) as their `specs` say, on the trained weights and on the `ema`."""
 
@@ -45,6 +54,20 @@ class Evaluations:
         self.total_steps, self.monitor, self.metrics_path, self.rank, self.ema = (
             total_steps, monitor, metrics_path, rank, ema)
         self.history: list[dict[str, Any]] = []
+
+    def metric_tags(self) -> list[str]:
+        """The TensorBoard tags of every metric the evaluators log (the latest value) and of its best so far."""
+        tags = []
+        for name, spec in self.specs.items():
+            if spec.type == "fewshot":
+                metrics = [f"{n}shot" for n in spec.shots]
+            else:
+                metrics = [k for k in SCALARS if k != "real_top1" or spec.real_labels]
+            kinds = [spec.weights] + (["ema"] if self.ema is not None and spec.weights != "init" else [])
+            for weights in kinds:
+                prefix = f"eval/{name}/" + ("ema_" if weights == "ema" else "")
+                tags += [prefix + m for m in metrics]
+        return tags + [f"best/{tag}" for tag in tags]
 
     def due(self, step: int) -> list[str]:
         """The evaluators of the trained weights whose cadence falls on `step` (the last step: all of them)."""
@@ -74,12 +97,13 @@ class Evaluations:
     def _run(self, names: list[str], model: nn.Module, preprocess, step: int, weights: str) -> None:
         for name in names:
             spec = self.specs[name]
+            log.info("evaluating %s (%s weights) at step %d", name, weights, step)
             with failures_shared():  # an error on one rank ends the evaluation on all of them
                 result = self.evaluators[name](model, preprocess)
             record = {"step": step, "name": name, "type": spec.type, "weights": weights}
             record.update({"fewshot": result} if spec.type == "fewshot" else result)
             self.history.append(record)
-            self.monitor.log_scalars(step, scalars_of(record))
+            self.monitor.log_scalars(step, {**scalars_of(record), **best_of(self.history, record)})
             log.info("step %d eval %s (%s weights): %s", step, name, weights,
                      ", ".join(f"{k.rsplit('/', 1)[-1]} {v:.4f}" for k, v in scalars_of(record).items()))
         self.write()

@@ -99,6 +99,23 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     return create_timm_model(name, **overrides)
 
 
+def variant_of_weights(state: Mapping[str, torch.Tensor]) -> tuple[str, int] | None:
+    """The named variant whose depth and widths the Mixer state dict `state` has, and its patch size when it is not
+    the variant's own (0 otherwise); None when no variant has them (or `state` is not a Mixer's)."""
+    try:
+        shapes = mixer_shapes(state, "the weights")
+    except ValueError:
+        return None
+    dims = dict(num_blocks=shapes.num_blocks, embed_dim=shapes.embed_dim, tokens_dim=shapes.tokens_dim,
+                channels_dim=state[CHANNEL_MIXING_WEIGHT].shape[0])
+    patch = shapes.patch_size[0]
+    same = [name for name, v in _VARIANTS.items() if all(v[k] == d for k, d in dims.items())]
+    for name in same:
+        if _VARIANTS[name]["patch_size"] == patch:
+            return name, 0
+    return (same[0], patch) if same else None
+
+
 def mixer_for_weights(state: Mapping[str, torch.Tensor], img_size: int | tuple[int, int] | None = None) -> MlpMixer:
     """An MlpMixer whose shapes fit the state dict `state` (a square image unless `img_size` is given)."""
     shapes = mixer_shapes(state, "the weights")
