@@ -5,6 +5,8 @@ RandAugment rand-m9-mstd0.5 (timm's; the -inc1 variant crashes stock timm under 
   ours       shards + build_train_loader + train_transform: libjpeg-turbo decode of the crop at a DCT reduction
              (data.jpeg_decoder turbo), uint8 out (normalised later)
   ours-pil   the same with jpeg_decoder pil: PIL draft decode (the same pixels)
+  ours-device the loader of data.decode device: workers read the bytes and draw the parameters only (the CPU cost
+             per image of that path; decoding and augmenting are the device's, measured by gpu_check.py)
   timm       ImageFolder of the same JPEG files + timm.data.create_transform + torch DataLoader (float out)
   timm-uint8 the same with create_transform(use_prefetcher=True): uint8 out, as timm's GPU prefetcher uses
 Images: JPEGs (quality 90, long side 500 px or --long-side) cut from the sklearn / skimage photos.
@@ -31,6 +33,7 @@ from torchvision.datasets import ImageFolder
 
 from benchmarks.photos import source_photos
 from pretrain.data import build_train_loader, load_manifest, train_transform
+from pretrain.data.device_params import DeviceParamsTransform
 from tests.helpers_shards import encode, sample, write_manifest, write_shard
 
 SIZE = 224
@@ -116,7 +119,8 @@ def throughput(batches: Iterable, warmup: int, count: int) -> tuple[float, float
     return n / (t1 - t0), n / (cpu1 - cpu0)
 
 
-def ours(manifest_path: str, workers: int, batch: int, decoder: str) -> Iterable:
+def ours(manifest_path: str, workers: int, batch: int, decoder: str, device: bool = False) -> Iterable:
+    transform = train_transform(SIZE, randaugment=RANDAUGMENT, mean=MEAN, std=STD, jpeg_decoder=decoder)
     return build_train_loader(
         load_manifest(manifest_path),
         micro_batch=batch,
@@ -125,7 +129,7 @@ def ours(manifest_path: str, workers: int, batch: int, decoder: str) -> Iterable
         world_size=1,
         workers=workers,
         seed=0,
-        transform=train_transform(SIZE, randaugment=RANDAUGMENT, mean=MEAN, std=STD, jpeg_decoder=decoder),
+        transform=DeviceParamsTransform(transform) if device else transform,
         shuffle_buffer=64,
     )
 
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         setups: dict[str, Callable[[int], Iterable]] = {
             "ours": lambda w: ours(manifest, w, args.batch, "turbo"),
             "ours-pil": lambda w: ours(manifest, w, args.batch, "pil"),
+            "ours-device": lambda w: ours(manifest, w, args.batch, "turbo", device=True),
             "timm": lambda w: timm_loader(folder, w, args.batch, uint8=False),
             "timm-uint8": lambda w: timm_loader(folder, w, args.batch, uint8=True),
         }

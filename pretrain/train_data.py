@@ -11,6 +11,8 @@ import torch
 
 from pretrain.config import PretrainConfig
 from pretrain.data import TrainLoader, build_train_loader, load_manifest, merge_states, subset_manifest, train_transform
+from pretrain.data.device_augment import DeviceAugment
+from pretrain.data.device_params import DeviceParamsTransform
 from pretrain.distributed import DistEnv, gather
 
 
@@ -26,6 +28,7 @@ class TrainData:
         self.position: dict[str, Any] | None = None  # this rank's state after the last step (or the resumed one)
         self.corrupt = self.short_shards = 0  # met by this rank's streams so far (carried in their positions)
         self._loader: TrainLoader | None = None
+        self._augment: DeviceAugment | None = None  # data.decode device: decodes and augments each batch
 
     def __iter__(self) -> TrainData:
         return self
@@ -34,6 +37,8 @@ class TrainData:
         if self._loader is None:
             self._loader = self._build()
         item = next(self._loader)
+        if self._augment is not None:
+            item["image"] = self._augment(item["image"])
         self.position, self.corrupt, self.short_shards = item["state"], item["corrupt"], item["truncated"]
         return item
 
@@ -42,6 +47,9 @@ class TrainData:
         transform = train_transform(c.model.img_size, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
                                     randaugment=a.randaugment, random_erasing=a.random_erasing, mean=a.mean,
                                     std=a.std, jpeg_decoder=c.data.jpeg_decoder)
+        if c.data.decode == "device":
+            transform = DeviceParamsTransform(transform)
+            self._augment = DeviceAugment(c.model.img_size, a.mean, self.env.device)
         return build_train_loader(
             self.manifest, micro_batch=c.train.micro_batch, accum=self.accum, rank=self.env.rank,
             world_size=self.env.world_size, workers=c.data.workers, seed=c.train.seed, transform=transform,

@@ -75,6 +75,7 @@ class DataConfig:
     subset_fraction: float = 1.0  # train on this fraction of each class of `train` (pretrain/data/subset.py)
     subset_seed: int = 0
     jpeg_decoder: str = "auto"  # auto | turbo (libjpeg-turbo via simplejpeg) | pil (pretrain/data/jpeg_turbo.py)
+    decode: str = "cpu"  # cpu | device: workers draw the parameters, the main process decodes + augments (device_*.py)
 
     def validate(self, prefix: str) -> None:
         from pretrain.data.jpeg_turbo import DECODERS, available
@@ -86,6 +87,8 @@ class DataConfig:
         require(0.0 < self.subset_fraction <= 1.0, f"{prefix}.subset_fraction", self.subset_fraction,
                 "a fraction in (0, 1] (1 trains on every sample)")
         require(self.subset_seed >= 0, f"{prefix}.subset_seed", self.subset_seed, "an integer >= 0")
+        require(self.decode in ("cpu", "device"), f"{prefix}.decode", self.decode,
+                "cpu | device (device: decode and augment the training batch on the accelerator)")
         require(self.jpeg_decoder in DECODERS, f"{prefix}.jpeg_decoder", self.jpeg_decoder, " | ".join(DECODERS))
         require(self.jpeg_decoder != "turbo" or available(), f"{prefix}.jpeg_decoder", self.jpeg_decoder,
                 "'auto' or 'pil': simplejpeg is not importable here (pip install simplejpeg)")

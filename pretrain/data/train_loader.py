@@ -3,7 +3,8 @@
 Step k: virtual rank v takes the next micro-batch (m samples) of stream (v, k mod W). Rank r owns virtual
 ranks [r*A, (r+1)*A). Its DataLoader worker j serves steps k0 + j, k0 + j + W, ... (k0 = first step), so
 the DataLoader's in-order round robin delivers steps k0, k0+1, ... Each item:
-    {"image": (A*m, 3, H, W) tensor (uint8 from our transforms), "label": int64 (A*m,),
+    {"image": (A*m, 3, H, W) tensor (uint8 from our transforms; with `data.decode: device` a DeviceBatch of
+     encoded JPEGs and drawn parameters, the transform's `collate`), "label": int64 (A*m,),
      "key": A*m sample keys, "step": k, "state": the rank's data state after this step,
      "corrupt": corrupt samples skipped so far, "truncated": short shards met so far (this rank)}
 Rows [a*m, (a+1)*m) are micro-batch a (virtual rank r*A + a). The trainer keeps the `state` of the last
@@ -69,7 +70,7 @@ class _RankSteps(IterableDataset):
                         keys += ks
                 state = {s.id: s.state.to_dict() for s in streams}
                 yield {
-                    "image": torch.stack(images),
+                    "image": getattr(self.transform, "collate", torch.stack)(images),
                     "label": torch.tensor(labels, dtype=torch.int64),
                     "key": keys,
                     "step": step,

@@ -118,9 +118,17 @@ class TrainTransform:
 
 
 def _erase(img: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
-    """timm's RandomErasing (mode 'pixel', one region, area 2%-33%, aspect 0.3-3.3) in uint8: the region gets
-    per-pixel normal noise in normalised space, mapped back to [0, 255] (clipped)."""
-    _, h, w = img.shape
+    """timm's RandomErasing (mode 'pixel', one region) in uint8, in place; see erase_region()."""
+    region = erase_region(img.shape[1], img.shape[2], mean, std)
+    if region is not None:
+        top, left, pixels = region
+        img[:, top : top + pixels.shape[1], left : left + pixels.shape[2]] = pixels
+
+
+def erase_region(h: int, w: int, mean: Sequence[float], std: Sequence[float]) -> tuple[int, int, torch.Tensor] | None:
+    """The draws of timm's RandomErasing (mode 'pixel', one region, area 2%-33%, aspect 0.3-3.3) on an h x w image:
+    (top, left, uint8 (3, eh, ew) pixels: per-pixel normal noise in normalised space mapped back to [0, 255],
+    clipped), or None when 10 tries find no region that fits."""
     for _ in range(10):
         area = random.uniform(0.02, 1 / 3) * h * w
         aspect = math.exp(random.uniform(math.log(0.3), math.log(1 / 0.3)))
@@ -129,8 +137,8 @@ def _erase(img: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> No
             top, left = random.randint(0, h - eh), random.randint(0, w - ew)
             noise = torch.empty((3, eh, ew)).normal_()
             noise = noise * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
-            img[:, top : top + eh, left : left + ew] = (noise * 255).round_().clamp_(0, 255).to(torch.uint8)
-            return
+            return top, left, (noise * 255).round_().clamp_(0, 255).to(torch.uint8)
+    return None
 
 
 class EvalTransform:
