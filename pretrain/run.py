@@ -148,6 +148,7 @@ class Run:
         self.mixup = self._mixup()
         self.has_gpsa = bool(gpsa_layers(model))
         self.probe_images: torch.Tensor | None = None
+        self.checkpointed: int | None = None  # the step of the checkpoint this run wrote last or resumed from
         self.peak_flops, peak_source = peak_flops(env.device, self.engine.dtype)
         log.info("peak %.1f TFLOP/s per device (%s) for MFU", self.peak_flops / 1e12, peak_source)
 
@@ -165,6 +166,7 @@ class Run:
         steps, state = self.length.steps, self.state
         if resume and self.checkpointer.restore() is not None:
             log.info("resumed from step %d", state.step)
+            self.checkpointed = state.step
         if self.env.rank == 0:
             resolved = resolved_config(self.cfg, self.length)
             save_config(resolved, self.run_dir / "config.yaml")
@@ -193,6 +195,7 @@ class Run:
                         timer.restart()
                     if (done or self.checkpointer.due(state.step)) and state.bad_in_a_row == 0:
                         self.checkpointer.save(state.step)  # never in a non-finite streak: `latest` stays good
+                        self.checkpointed = state.step
                         log.info("checkpoint at step %d written", state.step)
                         timer.restart()
                         if not done and any_rank_requested(preemption):  # arrived during the save: that's the one
@@ -231,12 +234,11 @@ class Run:
 
     def save_on_preemption(self) -> None:
         """A checkpoint at this step, unless it falls in a non-finite streak (`latest` then stays the last good) or
-        `latest` is this step already (written just before, or the one this run resumed from: never rewritten)."""
+        this run has one of this step already (written just before, or resumed from: never rewritten)."""
         step, owed = self.state.step, self.evaluations.pending
         owing = "; evaluations owed at this step, run after the resume: " + ", ".join(
             f"{name} ({weights})" for name, weights in owed) if owed else ""
-        latest = self.checkpointer.latest_tag()
-        if latest is not None and self.checkpointer.meta(latest)["step"] == step:
+        if self.checkpointed == step:
             log.info("preempted: checkpoint at step %d already written%s", step, owing)
         elif self.state.bad_in_a_row == 0:
             self.checkpointer.save(step)

@@ -1,11 +1,15 @@
 """launch/pretrain.py with a slow classification evaluator, for tests/test_preemption_evals.py.
 
-Each evaluation batch (the stand-in forward of a rank without one too) prints ``[rank R] slow eval batch N at step S``
-on stderr, then sleeps SLOW_EVAL_S seconds before its forward pass: a test signals the job once it is known to be in
+Each evaluation batch (the stand-in forward of a rank without one too) prints ``[rank R] slow eval batch N`` on
+stderr, then sleeps SLOW_EVAL_S seconds before its forward pass: a test signals the job once it is known to be in
 the middle of an evaluation, and the evaluation would take many seconds more were it not abandoned.
+
+With SIGNAL_AT_STEP=S the process sends itself SIGUSR1 inside training step S instead (the signal lands after the
+update of S and before its evaluations).
 """
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,6 +34,22 @@ def slow_down(delay: float) -> None:
     classification.logits_fp32 = logits_fp32
 
 
+def signal_at(step: int) -> None:
+    from pretrain.run import Run
+
+    real = Run.step
+
+    def run_step(self, timer):
+        out = real(self, timer)
+        if self.state.step == step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+
+    Run.step = run_step
+
+
 if __name__ == "__main__":
     slow_down(float(os.environ["SLOW_EVAL_S"]))
+    if os.environ.get("SIGNAL_AT_STEP"):
+        signal_at(int(os.environ["SIGNAL_AT_STEP"]))
     sys.exit(run_main(pretrain.main))

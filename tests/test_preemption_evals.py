@@ -52,11 +52,11 @@ def config(tmp_path: Path, digits) -> str:
     return str(write_config(tmp_path / "cfg.yaml", "configs/demo.yaml", overrides))
 
 
-def start(tmp_path: Path, cfg: str, nproc: int, log: Path) -> subprocess.Popen:
+def start(tmp_path: Path, cfg: str, nproc: int, log: Path, **extra: str) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(command(WORKER, nproc, "--config", cfg, "--run-dir", str(tmp_path / "run")), cwd=ROOT,
-                                env={**env(), "SLOW_EVAL_S": str(DELAY)}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                env={**env(), "SLOW_EVAL_S": str(DELAY), **extra}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for_eval_batch(log: Path, job: subprocess.Popen, batch: int) -> None:
@@ -81,6 +81,19 @@ def wall_time(run_dir: Path, tag: str, step: int) -> float:
     acc.Reload()
     (when,) = [e.wall_time for e in acc.Scalars(tag) if e.step == step]
     return when
+
+
+def resume_without_a_hole(cfg: str, run_dir: Path) -> None:
+    """The resumed run evaluates step 4 first, once; metrics.json and TensorBoard hold steps 4 and 6 once each."""
+    resumed = run("launch/pretrain.py", 1, "--config", cfg, "--run-dir", str(run_dir), "--resume", "auto",
+                  "--set", "train.steps=6", timeout=STARTUP + 60)
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, failure(resumed)
+    assert out.count(f"step {EVERY} eval val (trained weights)") == 1, out[-5000:]
+    assert wall_time(run_dir, "eval/val/top1", EVERY) < wall_time(run_dir, "train/loss", EVERY + 1)  # before training
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [(r["step"], r["name"], r["weights"]) for r in history] == [(4, "val", "trained"), (6, "val", "trained")]
+    assert [step for step, _ in scalars(run_dir)["eval/val/top1"]] == [4, 6]  # TensorBoard: once each, no hole
 
 
 def check_preempted_at_the_evaluation(run_dir: Path, output: str) -> None:
@@ -111,15 +124,23 @@ def test_a_signal_during_an_evaluation_checkpoints_within_one_batch_and_the_resu
     assert elapsed < BOUND, (elapsed, output[-5000:])
     check_preempted_at_the_evaluation(run_dir, output)
 
-    resumed = run("launch/pretrain.py", 1, "--config", cfg, "--run-dir", str(run_dir), "--resume", "auto",
-                  "--set", "train.steps=6", timeout=STARTUP + 60)
-    out = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, failure(resumed)
-    assert out.count(f"step {EVERY} eval val (trained weights)") == 1, out[-5000:]
-    assert wall_time(run_dir, "eval/val/top1", EVERY) < wall_time(run_dir, "train/loss", EVERY + 1)  # before training
-    history = json.loads((run_dir / "metrics.json").read_text())["history"]
-    assert [(r["step"], r["name"], r["weights"]) for r in history] == [(4, "val", "trained"), (6, "val", "trained")]
-    assert [step for step, _ in scalars(run_dir)["eval/val/top1"]] == [4, 6]  # TensorBoard: once each, no hole
+    resume_without_a_hole(cfg, run_dir)
+
+
+@pytest.mark.timeout(STARTUP * 2 + 120)
+def test_a_signal_in_the_step_of_an_evaluation_leaves_it_owed_and_the_resume_runs_it(tmp_path, digits):
+    """Preempted at step S with S % every_steps == 0: the run saves S before evaluating it; the resume runs it."""
+    cfg, run_dir, log = config(tmp_path, digits), tmp_path / "run", tmp_path / "run.log"
+    job = start(tmp_path, cfg, 1, log, SIGNAL_AT_STEP=str(EVERY))
+    try:
+        code = job.wait(timeout=STARTUP)
+    finally:
+        kill_group(job.pid)
+    output = log.read_text(errors="replace")
+    assert code == PREEMPTED_EXIT_CODE, output[-5000:]
+    check_preempted_at_the_evaluation(run_dir, output)
+    assert "slow eval batch" not in output  # not started: owed whole
+    resume_without_a_hole(cfg, run_dir)
 
 
 @pytest.mark.timeout(STARTUP + BOUND + 120)
