@@ -32,7 +32,7 @@ BATCH = 4  # the digits' 360 validation images are 90 such batches: minutes of e
 EVERY = 4  # the evaluation of step 4 is the one signalled
 STARTUP = 300  # seconds to reach the evaluation of step 4 on a busy 2-core machine
 # Signal -> exit 75: the rest of the signalled batch (<= DELAY) and the checkpoint's save and the exit, which take a
-# few seconds (measured on a busy shared 2-core machine: 9-12 s for 1 process, 21 s for 2 ranks).
+# seconds (measured on a busy shared 2-core machine: 7-12 s for 1 process, 17-21 s for 2 ranks, mostly the exit).
 BOUND = DELAY + 40
 BATCH_LINE = re.compile(r"\[rank 0\] slow eval batch (\d+)")
 
