@@ -5,7 +5,7 @@ stderr, then sleeps SLOW_EVAL_S seconds before its forward pass: a test signals 
 the middle of an evaluation, and the evaluation would take many seconds more were it not abandoned.
 
 With SIGNAL_AT_STEP=S the process sends itself SIGUSR1 inside training step S instead (the signal lands after the
-update of S and before its evaluations).
+update of S and before its evaluations); with SIGNAL_IN_SAVE=1, at the start of its first checkpoint save.
 """
 
 import os
@@ -48,8 +48,24 @@ def signal_at(step: int) -> None:
     Run.step = run_step
 
 
+def signal_in_save() -> None:
+    from pretrain.checkpoint import Checkpointer
+
+    real, sent = Checkpointer.save, []
+
+    def save(self, step):
+        if not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(self, step)
+
+    Checkpointer.save = save
+
+
 if __name__ == "__main__":
     slow_down(float(os.environ["SLOW_EVAL_S"]))
     if os.environ.get("SIGNAL_AT_STEP"):
         signal_at(int(os.environ["SIGNAL_AT_STEP"]))
+    if os.environ.get("SIGNAL_IN_SAVE"):
+        signal_in_save()
     sys.exit(run_main(pretrain.main))

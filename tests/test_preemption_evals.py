@@ -43,12 +43,12 @@ def digits(tmp_path_factory) -> tuple[Path, Path]:
     return build_digits(root / "train"), build_digits(root / "val", split="val")
 
 
-def config(tmp_path: Path, digits) -> str:
+def config(tmp_path: Path, digits, batch_size: int = BATCH, **overrides) -> str:
     train, val = digits
     overrides = {"data.train": str(train), "data.workers": 1, "train.steps": 1000, "logging.every_steps": 1,
                  "logging.image_every_steps": 0, "checkpoint.every_steps": 1000,
                  "evals": {"val": {"type": "classification", "data": str(val), "every_steps": EVERY,
-                                   "batch_size": BATCH}}}
+                                   "batch_size": batch_size}}, **overrides}
     return str(write_config(tmp_path / "cfg.yaml", "configs/demo.yaml", overrides))
 
 
@@ -141,6 +141,26 @@ def test_a_signal_in_the_step_of_an_evaluation_leaves_it_owed_and_the_resume_run
     check_preempted_at_the_evaluation(run_dir, output)
     assert "slow eval batch" not in output  # not started: owed whole
     resume_without_a_hole(cfg, run_dir)
+
+
+@pytest.mark.timeout(STARTUP + 60)
+def test_a_signal_during_a_save_exits_75_on_that_checkpoint_without_another_step(tmp_path, digits):
+    cfg = config(tmp_path, digits, batch_size=180, **{"checkpoint.every_steps": EVERY})  # a 2-batch evaluation
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    job = start(tmp_path, cfg, 1, log, SIGNAL_IN_SAVE="1")
+    try:
+        code = job.wait(timeout=STARTUP)
+    finally:
+        kill_group(job.pid)
+    output = log.read_text(errors="replace")
+    assert code == PREEMPTED_EXIT_CODE, output[-5000:]
+    # The periodic save of step 4 (with its evaluation done first) is the one the requeued job resumes from.
+    assert "checkpoint at step 4 written" in output and "preempted: checkpoint at step 4 already written" in output
+    assert "step 5/" not in output, output[-5000:]
+    assert [p.name for p in (run_dir / "checkpoints").glob("step-*")] == [f"step-{EVERY:08d}"]  # no second save
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == f"step-{EVERY:08d}"
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [(r["step"], r["name"]) for r in history] == [(EVERY, "val")]
 
 
 @pytest.mark.timeout(STARTUP + BOUND + 120)
