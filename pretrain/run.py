@@ -171,11 +171,11 @@ class Run:
             resolved = resolved_config(self.cfg, self.length)
             save_config(resolved, self.run_dir / "config.yaml")
             self.monitor.log_config(to_dict(resolved))
-        timer, window = StepTimer(), []
         try:
             with watched(preemption):
                 self.evaluations.run_initial(self.engine.module, self.preprocess, state.step)
                 self.evaluations.run_pending(self.engine.module, self.preprocess, state.step)  # a preemption's
+                timer, window = StepTimer(), []
                 while state.step < steps:
                     item, result = self.step(timer)
                     window.append(result)
