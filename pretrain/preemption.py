@@ -2,9 +2,11 @@
 requeued.
 
 Slurm sends SIGUSR1 before the time limit (``#SBATCH --signal=USR1@300``) and SIGTERM on preemption. The
-handler only records the signal; the training loop checks :func:`any_rank_requested` after a step, so every
-rank stops after the same step, writes its checkpoint and exits with :data:`PREEMPTED_EXIT_CODE`, which
-``launch/slurm/run.sh`` answers with ``scontrol requeue``.
+handler only records the signal; the training loop checks :func:`any_rank_requested` after a step and after a
+save, so every rank stops after the same step, writes its checkpoint and exits with :data:`PREEMPTED_EXIT_CODE`,
+which ``launch/slurm/run.sh`` answers with ``scontrol requeue``. Inside :func:`watched`, the long phases check the
+flag too: an evaluation's lockstep loop (``pretrain/evaluators/lockstep.py``) carries :func:`requested_here` in the
+all-reduce it makes per batch anyway, and every rank raises :class:`Preempted` at the same batch.
 
 Slurm signals every process of the step, the DataLoader workers included (so does ``kill -TERM -PGID``). A
 worker killed by it makes its rank fail with "DataLoader worker (pid N) is killed by signal" before the
@@ -31,6 +33,10 @@ DEFAULT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 # What a data worker leaves to its main process: the preemption signals, and Ctrl-C (the terminal sends SIGINT to
 # the whole foreground process group; the main process stops on it and shuts its workers down).
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class Preempted(Exception):
+    """Raised on every rank at the same point of a long phase (an evaluation batch) when some rank got a signal."""
 
 
 class PreemptionFlag:
@@ -82,6 +88,25 @@ def any_rank_requested(flag: PreemptionFlag) -> bool:
     requested = torch.tensor([int(flag.requested)], dtype=torch.int32)
     dist.all_reduce(requested, op=dist.ReduceOp.MAX, group=_cpu_group())
     return bool(requested.item())
+
+
+_WATCHED: list[PreemptionFlag] = []
+
+
+@contextmanager
+def watched(flag: PreemptionFlag) -> Iterator[None]:
+    """Inside the block, :func:`requested_here` reads `flag`: the long phases of a run can stop on it."""
+    _WATCHED.append(flag)
+    try:
+        yield
+    finally:
+        _WATCHED.remove(flag)
+
+
+def requested_here() -> bool:
+    """True when the flag of the enclosing :func:`watched` block got a signal in this process (False outside one).
+    Not a collective: a caller shares it with the other ranks itself, in a collective it makes anyway."""
+    return bool(_WATCHED) and _WATCHED[-1].requested
 
 
 _CPU_GROUP: list = []

@@ -44,7 +44,7 @@ from pretrain.memory import memory_stats
 from pretrain.mfu import forward_flops_per_image, mfu, peak_flops
 from pretrain.models import create_model, is_mixer, mixer_flops_per_image, save_weights
 from pretrain.monitor import Monitor
-from pretrain.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested
+from pretrain.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionFlag, any_rank_requested, watched
 from pretrain.rng_state import RNGStates
 from pretrain.run_dir import METRICS, claim
 from pretrain.run_length import resolve_run_length, resolved_config
@@ -156,6 +156,7 @@ class Run:
         self.mixup = self._mixup()
         self.has_gpsa = bool(gpsa_layers(model))
         self.probe_images: torch.Tensor | None = None
+        self.checkpointed: int | None = None  # the step of the checkpoint this run wrote last or resumed from
         self.peak_flops, peak_source = peak_flops(env.device, self.engine.dtype)
         log.info("peak %.1f TFLOP/s per device (%s) for MFU", self.peak_flops / 1e12, peak_source)
 
@@ -172,46 +173,61 @@ class Run:
                             num_classes=self.cfg.model.num_classes, seed=self.cfg.train.seed)
 
     def run(self, preemption: PreemptionFlag, resume: bool) -> TrainResult:
-        """Restore; while not done: step, then each component does what is due at this step; save when due."""
+        """Restore; run what the checkpoint's step still owes; while not done: step, then each component does what
+        is due at this step; save when due. A preemption signal is acted on after a step, after a save and before
+        each evaluation batch (`watched`): the run checkpoints where it is and returns PREEMPTED_EXIT_CODE."""
         steps, state = self.length.steps, self.state
         if resume:
             self._phase(f"restoring the latest checkpoint of {self.checkpointer.dir}")
         restored = resume and self.checkpointer.restore() is not None
         if restored:
             log.info("resumed from step %d", state.step)
+            self.checkpointed = state.step
         self.monitor.open(first_step=state.step + 1 if restored else 0)  # drops what an earlier attempt logged later
         if self.env.rank == 0:
             resolved = resolved_config(self.cfg, self.length)
             save_config(resolved, self.run_dir / "config.yaml")
             self.monitor.log_config(to_dict(resolved), self.evaluations.metric_tags())
-        self.evaluations.run_initial(self.engine.module, self.preprocess, state.step)
-        timer, window = StepTimer(), []
         try:
-            while state.step < steps:
-                item, result = self.step(timer)
-                window.append(result)
-                if self.monitor.due(state.step):
-                    self.log_metrics(window, timer, item)
-                    window = []
-                every = self.cfg.logging.image_every_steps if self.draws_weights else 0
-                if every and state.step % every == 0:
-                    self.log_weight_image()
-                done = state.step >= steps
-                if any_rank_requested(preemption) and not done:
-                    self.save_on_preemption()
-                    return TrainResult(state.step, True, state.bad_steps, PREEMPTED_EXIT_CODE)
-                names = [] if done else self.evaluations.due(state.step)
-                if names:
-                    self.evaluations.run(names, self.engine.module, self.preprocess, state.step)
-                    timer.restart()
-                if (done or self.checkpointer.due(state.step)) and state.bad_in_a_row == 0:
-                    self.checkpointer.save(state.step)  # never in a non-finite streak: `latest` stays good
-                    log.info("checkpoint at step %d written", state.step)
-                    timer.restart()
+            with watched(preemption):
+                self.evaluations.run_initial(self.engine.module, self.preprocess, state.step)
+                self.evaluations.run_pending(self.engine.module, self.preprocess, state.step)  # a preemption's
+                timer, window = StepTimer(), []
+                while state.step < steps:
+                    item, result = self.step(timer)
+                    window.append(result)
+                    if self.monitor.due(state.step):
+                        self.log_metrics(window, timer, item)
+                        window = []
+                    every = self.cfg.logging.image_every_steps if self.draws_weights else 0
+                    if every and state.step % every == 0:
+                        self.log_weight_image()
+                    done = state.step >= steps
+                    if not done and any_rank_requested(preemption):
+                        self.evaluations.defer(self.evaluations.due(state.step))  # run right after the resume
+                        return self.preempted()
+                    names = self.evaluations.due(state.step)
+                    if names:
+                        self.evaluations.run(names, self.engine.module, self.preprocess, state.step)
+                        timer.restart()
+                    if (done or self.checkpointer.due(state.step)) and state.bad_in_a_row == 0:
+                        self.checkpointer.save(state.step)  # never in a non-finite streak: `latest` stays good
+                        self.checkpointed = state.step
+                        log.info("checkpoint at step %d written", state.step)
+                        timer.restart()
+                        if not done and any_rank_requested(preemption):  # arrived during the save: that's the one
+                            return self.preempted()
+        except Preempted:  # during an evaluation, on every rank at the same batch
+            return self.preempted()
         finally:
             self.data.close()
         self.finish()
         return TrainResult(state.step, False, state.bad_steps, 0)
+
+    def preempted(self) -> TrainResult:
+        """Checkpoint this step (with the evaluations it still owes) and report PREEMPTED_EXIT_CODE."""
+        self.save_on_preemption()
+        return TrainResult(self.state.step, True, self.state.bad_steps, PREEMPTED_EXIT_CODE)
 
     def step(self, timer: StepTimer) -> tuple[dict[str, Any], StepResult]:
         """One optimizer step on the next batch, the EMA after it; stops the run after too many bad steps."""
@@ -234,17 +250,23 @@ class Run:
         return item, result
 
     def save_on_preemption(self) -> None:
-        """A checkpoint at this step, unless it falls in a non-finite streak (`latest` then stays the last good)."""
-        step = self.state.step
-        if self.state.bad_in_a_row == 0:
+        """A checkpoint at this step, unless it falls in a non-finite streak (`latest` then stays the last good) or
+        this run has one of this step already (written just before, or resumed from: never rewritten)."""
+        step, owed = self.state.step, self.evaluations.pending
+        owing = "; evaluations owed at this step, run after the resume: " + ", ".join(
+            f"{name} ({weights})" for name, weights in owed) if owed else ""
+        if self.checkpointed == step:
+            log.info("preempted: checkpoint at step %d already written%s", step, owing)
+        elif self.state.bad_in_a_row == 0:
             self.checkpointer.save(step)
-            log.info("preempted: checkpoint at step %d written", step)
+            log.info("preempted: checkpoint at step %d written%s", step, owing)
         else:
             log.warning("preempted at step %d during %d non-finite steps in a row: no checkpoint; the run resumes "
                         "from %s", step, self.state.bad_in_a_row, self.checkpointer.latest_tag() or "the start")
 
     def finish(self) -> None:
-        """At `train.steps`: the final weights (and EMA) and the evaluations of the end, where not done yet."""
+        """At `train.steps`: the final weights (and EMA) and the evaluations of the end not done yet (an evaluator
+        added to the config of a finished run)."""
         export_weights(self.engine.ds, self.run_dir / FINAL, self.env.rank)
         if self.ema is not None and self.env.rank == 0:
             save_weights(self.ema.weights(), self.run_dir / FINAL_EMA)

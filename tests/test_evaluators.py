@@ -16,6 +16,7 @@ from pretrain.evaluators.lockstep import lockstep
 from pretrain.evaluators.runner import Evaluations, scalars_of
 from pretrain.models import create_model
 from pretrain.monitor import Monitor
+from pretrain.preemption import Preempted, PreemptionFlag, watched
 
 
 def test_the_head_is_applied_in_float32_to_bf16_features():
@@ -41,6 +42,16 @@ def test_the_head_is_applied_in_float32_to_bf16_features():
 def test_lockstep_without_a_process_group_yields_this_ranks_batches_only():
     assert list(lockstep([{"a": 1}, {"a": 2}], torch.device("cpu"))) == [{"a": 1}, {"a": 2}]
     assert list(lockstep([], torch.device("cpu"))) == []
+
+
+def test_lockstep_stops_before_the_next_batch_once_the_watched_flag_is_set():
+    with PreemptionFlag() as flag, watched(flag):
+        batches = lockstep([{"a": 1}, {"a": 2}, {"a": 3}], torch.device("cpu"))
+        assert next(batches) == {"a": 1}
+        flag.received = 10  # as the SIGUSR1 handler records it
+        with pytest.raises(Preempted):
+            next(batches)
+    assert list(lockstep([{"a": 1}], torch.device("cpu"))) == [{"a": 1}]  # outside `watched`: never stops
 
 
 class Counting:
@@ -124,3 +135,49 @@ def test_an_ema_under_zero3_is_refused_in_one_line(tmp_path):
         load_config("configs/demo.yaml", PretrainConfig, ["ema.decay=0.999", "train.zero_stage=3"])
     assert str(info.value) == ("`ema.decay`: 0.999 is not allowed; expected 0 with train.zero_stage 3 (the EMA keeps "
                                "the full weights on every rank; use ZeRO 0-2)")
+
+
+class PreemptedAt:
+    """An evaluator that is preempted on its `at`-th call (as lockstep raises it), else counts."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.inner = at, Counting("classification")
+
+    def __call__(self, model, preprocess):
+        if self.inner.calls + 1 == self.at:
+            self.at = 0
+            raise Preempted("a preemption signal arrived during the evaluation")
+        return self.inner(model, preprocess)
+
+
+def test_an_evaluation_abandoned_by_a_preemption_is_owed_in_the_checkpoint_and_run_once_after_the_resume(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    specs = {"a": EvalSpec(type="classification", data="v", every_steps=5),
+             "b": EvalSpec(type="classification", data="v", every_steps=5)}
+    e = evaluations(tmp_path, specs, ema=EMA(model, decay=0.5))
+    e.evaluators["b"] = PreemptedAt(2)  # b's trained run completes, its EMA run is abandoned
+    with pytest.raises(Preempted):
+        e.run(["a", "b"], model, None, 5)
+    assert [(r["name"], r["weights"]) for r in e.history] == [("a", "trained"), ("b", "trained"), ("a", "ema")]
+    saved = json.loads(json.dumps(e.state_dict()))  # what the checkpoint holds
+    assert saved["pending"] == [["b", "ema"]]
+
+    resumed = evaluations(tmp_path, specs, ema=EMA(model, decay=0.5))
+    resumed.load_state_dict(saved)
+    resumed.run_pending(model, None, 5)
+    records = [(r["step"], r["name"], r["weights"]) for r in resumed.history]
+    assert sorted(records) == sorted({(5, n, w) for n in "ab" for w in ("trained", "ema")})  # each once, no hole
+    assert resumed.pending == [] and resumed.state_dict()["pending"] == []
+
+
+def test_the_evaluations_due_at_a_preempted_step_are_owed_and_a_pre_pending_checkpoint_still_loads(tmp_path):
+    specs = {"val": EvalSpec(type="classification", data="v", every_steps=5)}
+    e = evaluations(tmp_path, specs)
+    e.defer(e.due(5))  # preempted right after step 5's update, before its evaluation
+    resumed = evaluations(tmp_path, specs)
+    resumed.load_state_dict(e.state_dict())
+    resumed.run_pending(None, None, 5)
+    assert [(r["step"], r["name"]) for r in resumed.history] == [(5, "val")] and resumed.due(5) == []
+    old = evaluations(tmp_path, specs)
+    old.load_state_dict([{"step": 5, "name": "val", "type": "classification", "weights": "trained"}])  # a list
+    assert old.pending == [] and old.due(5) == []

@@ -9,6 +9,10 @@ An error on one rank inside the loop (its loader, or the caller's work on its ba
 the next all-reduce for good. The failing rank answers that all-reduce instead, saying it failed (its loader's error
 in the loop itself, the caller's through :func:`failures_shared`), the ranks exchange the failing ranks' one-line
 messages, and every rank raises: the failing rank its own error, the others a :class:`RankFailedError` naming it.
+
+The same all-reduce carries whether a preemption signal reached the rank (``pretrain.preemption.requested_here``),
+at no extra cost: when any rank got one, every rank raises :class:`Preempted` before the same batch, so the run
+checkpoints within one evaluation batch of the signal.
 """
 
 from __future__ import annotations
@@ -23,19 +27,20 @@ import torch.distributed as dist
 from torch import nn
 
 from pretrain.distributed import RankFailedError, gather
+from pretrain.preemption import Preempted, requested_here
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _any_rank(flag: bool, device: torch.device, failed: bool = False) -> tuple[bool, bool]:
-    """(any rank has `flag`, any rank `failed`): one all-reduce."""
+def _any_rank(flag: bool, device: torch.device, failed: bool = False, stop: bool = False) -> tuple[bool, bool, bool]:
+    """(any rank has `flag`, any rank `failed`, any rank asked to `stop`): one all-reduce."""
     if not _distributed():
-        return flag, failed
-    t = torch.tensor([int(flag), int(failed)], dtype=torch.int32, device=device)
+        return flag, failed, stop
+    t = torch.tensor([int(flag), int(failed), int(stop)], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t[0].item()), bool(t[1].item())
+    return bool(t[0].item()), bool(t[1].item()), bool(t[2].item())
 
 
 def one_line(err: BaseException) -> str:
@@ -60,7 +65,8 @@ _ACTIVE: list[torch.device] = []
 
 
 def lockstep(batches: Iterable[dict[str, Any]], device: torch.device) -> Iterator[dict[str, Any] | None]:
-    """This rank's batches, then None while another rank still has one (one tiny all-reduce per batch)."""
+    """This rank's batches, then None while another rank still has one (one tiny all-reduce per batch); raises
+    :class:`Preempted` on every rank at the same batch once a preemption signal reached any rank."""
     it = iter(batches)
     _ACTIVE[:] = [device]
     while True:
@@ -70,13 +76,16 @@ def lockstep(batches: Iterable[dict[str, Any]], device: torch.device) -> Iterato
             _ACTIVE.clear()
             _any_rank(False, device, failed=True)
             _raise_failures(err)
-        more, failed = _any_rank(batch is not None, device)
+        more, failed, stop = _any_rank(batch is not None, device, stop=requested_here())
         if failed:
             _ACTIVE.clear()
             _raise_failures(None)
         if not more:
             _ACTIVE.clear()
             return
+        if stop:
+            _ACTIVE.clear()
+            raise Preempted("a preemption signal arrived during the evaluation")
         yield batch
 
 

@@ -5,12 +5,17 @@ component (a resume continues the history), go to TensorBoard as `eval/<name>/<m
 EMA, `<n>shot` for few-shot; `best/eval/...` the best so far; both are HParams' metric columns) and to
 `metrics.json` (the history, the latest record of each evaluator, and at the top level the latest classification
 and few-shot results of the trained weights).
+
+What a step owes and has not run yet is `pending`, (name, weights) pairs, saved with the history: a run preempted
+before or during the evaluations of its step checkpoints that step with them pending, and the resumed run runs them
+(:meth:`Evaluations.run_pending`) before it trains on, so the records have no hole and none twice.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Evaluator = Callable[[nn.Module, Callable[[torch.Tensor], torch.Tensor]], dict[str, Any]]
 SCALARS = ("top1", "top5", "loss", "real_top1")
+WEIGHTS = ("init", "trained", "ema")  # the order a step's evaluations run in
 
 
 def scalars_of(record: Mapping[str, Any]) -> dict[str, float]:
@@ -54,6 +60,7 @@ class Evaluations:
         self.total_steps, self.monitor, self.metrics_path, self.rank, self.ema = (
             total_steps, monitor, metrics_path, rank, ema)
         self.history: list[dict[str, Any]] = []
+        self.pending: list[tuple[str, str]] = []  # (name, weights) owed at the current step, in run order
 
     def metric_tags(self) -> list[str]:
         """The TensorBoard tags of every metric the evaluators log (the latest value) and of its best so far."""
@@ -86,13 +93,30 @@ class Evaluations:
         """The `weights: init` evaluators, once, before the first update."""
         names = [n for n, s in self.specs.items() if s.weights == "init" and not self.done(n)]
         if names and step == 0:
-            self._run(names, model, preprocess, step, weights="init")
+            self.pending = [(n, "init") for n in names]
+            self.run_pending(model, preprocess, step)
 
     def run(self, names: list[str], model: nn.Module, preprocess, step: int) -> None:
-        self._run(names, model, preprocess, step, weights="trained")
-        if self.ema is not None:
-            with self.ema.swapped_in():
-                self._run(names, model, preprocess, step, weights="ema")
+        """`names` at `step` on the trained weights, then on the EMA."""
+        self.defer(names)
+        self.run_pending(model, preprocess, step)
+
+    def defer(self, names: list[str]) -> None:
+        """Owe `names` (trained weights and EMA) at the current step: run by :meth:`run_pending`, saved meanwhile."""
+        kinds = ("trained", "ema") if self.ema is not None else ("trained",)
+        self.pending = [(n, w) for w in kinds for n in names]
+
+    def run_pending(self, model: nn.Module, preprocess, step: int) -> None:
+        """Run what is owed at `step`; each evaluation leaves `pending` when its record is in. A preemption
+        (`pretrain.preemption.Preempted`, raised on every rank at once) leaves the rest pending."""
+        try:
+            for weights in WEIGHTS:
+                names = [n for n, w in self.pending if w == weights]
+                if names:
+                    with self.ema.swapped_in() if weights == "ema" else nullcontext():
+                        self._run(names, model, preprocess, step, weights)
+        finally:
+            self.write()
 
     def _run(self, names: list[str], model: nn.Module, preprocess, step: int, weights: str) -> None:
         for name in names:
@@ -103,10 +127,10 @@ class Evaluations:
             record = {"step": step, "name": name, "type": spec.type, "weights": weights}
             record.update({"fewshot": result} if spec.type == "fewshot" else result)
             self.history.append(record)
+            self.pending.remove((name, weights))
             self.monitor.log_scalars(step, {**scalars_of(record), **best_of(self.history, record)})
             log.info("step %d eval %s (%s weights): %s", step, name, weights,
                      ", ".join(f"{k.rsplit('/', 1)[-1]} {v:.4f}" for k, v in scalars_of(record).items()))
-        self.write()
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """The newest record of each evaluator and weights, keyed `<name>` (`<name>/ema` for the EMA)."""
@@ -137,10 +161,15 @@ class Evaluations:
         if self.rank == 0 and self.history:
             write_metrics(self.metrics_path, self.summary())
 
-    def state_dict(self) -> list[dict[str, Any]]:
-        return list(self.history)
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history), "pending": [list(p) for p in self.pending]}
 
-    def load_state_dict(self, history: list[dict[str, Any]]) -> None:
-        self.history = list(history)
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """The history and what was owed at the saved step (a checkpoint from before `pending`: the history alone).
+        Owed evaluations of evaluators no longer configured, or of an EMA the run no longer keeps, are dropped."""
+        state = state if isinstance(state, dict) else {"history": state, "pending": []}
+        self.history = list(state["history"])
+        self.pending = [(n, w) for n, w in state["pending"]
+                        if n in self.specs and (w != "ema" or self.ema is not None)]
 
 
