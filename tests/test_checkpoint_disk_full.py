@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from pretrain.checkpoint import Checkpointer
-from tests.helpers_runs import build_digits, failure, run, write_config
+from tests.helpers_runs import failure, run, write_config
 
 
 @pytest.fixture()
@@ -32,8 +32,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_is_one_line_and_latest_stays_on_the_last_complete_checkpoint(tmp_path, small_disk):
-    shards = build_digits(tmp_path / "digits")
+def test_a_full_disk_is_one_line_and_latest_stays_on_the_last_complete_checkpoint(tmp_path, small_disk, shards):
     cfg = write_config(tmp_path / "cfg.yaml", "configs/demo.yaml", {
         "data.train": str(shards), "train.steps": 9, "checkpoint.every_steps": 3, "checkpoint.keep": 2,
         "logging.every_steps": 3, "logging.image_every_steps": 0, "data.workers": 1})

@@ -20,17 +20,11 @@ from safetensors.torch import load_file
 
 from pretrain.config import ScheduleConfig
 from pretrain.schedule import lr_factor
-from tests.helpers_runs import build_digits, failure, run, scalars, write_config
+from tests.helpers_runs import failure, run, scalars, write_config
 from tests.helpers_shards import sample, write_dataset
 
 PRETRAIN, EVALUATE = "launch/pretrain.py", "launch/evaluate.py"
 VAL_SAMPLES = 359
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("digits")
-    return build_digits(root / "train"), build_digits(root / "val", split="val")
 
 
 def pretrain_config(tmp_path: Path, train: Path, **overrides) -> str:
@@ -95,17 +89,14 @@ def test_zero3_evaluation_with_uneven_rank_shares_finishes_and_counts_every_samp
     assert sum(c is not None for c in result["per_class_accuracy"]) == 10
 
 
-def test_fewshot_results_do_not_depend_on_workers_or_world_size(tmp_path, digits):
-    cfg = pretrain_config(tmp_path, digits[0], **{"train.steps": 5})
-    proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "pre"))
-    assert proc.returncode == 0, failure(proc)
+def test_fewshot_results_do_not_depend_on_workers_or_world_size(tmp_path, digits, pretrained_demo):
     ft = write_config(tmp_path / "ft.yaml", "configs/finetune/demo.yaml", {
         "model.img_size": 32, "data.train": str(digits[0]), "data.val": str(digits[1]), "train.precision": "fp32",
         "fewshot.shots": [1, 5], "fewshot.seeds": [0, 1, 2]})
     results = {}
     for ranks, workers in ((1, 1), (1, 2), (2, 1)):
         out = tmp_path / f"eval-{ranks}-{workers}"
-        proc = run(EVALUATE, ranks, "--config", str(ft), "--checkpoint", str(tmp_path / "pre"), "--fewshot",
+        proc = run(EVALUATE, ranks, "--config", str(ft), "--checkpoint", str(pretrained_demo.run_dir), "--fewshot",
                    "--run-dir", str(out), "--set", f"data.workers={workers}")
         assert proc.returncode == 0, failure(proc)
         results[ranks, workers] = metrics(out)["fewshot"]
@@ -113,19 +104,28 @@ def test_fewshot_results_do_not_depend_on_workers_or_world_size(tmp_path, digits
     assert all(r == first for r in results.values()), results
 
 
-def test_logged_lr_is_the_lr_of_that_steps_update(tmp_path, digits):
-    cfg = pretrain_config(tmp_path, digits[0], **{"train.steps": 8, "schedule.warmup_steps": 3,
-                                                  "optim.lr": 0.002, "train.loss": "sigmoid_xent"})
-    proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"))
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory, digits) -> tuple[str, Path]:
+    """A 1-process run of 12 steps (checkpoints at 6 and 12) with an EMA, the sigmoid loss and 3 warmup steps, and
+    its config: the logged lr, and the uninterrupted EMA a resumed one must equal."""
+    tmp = tmp_path_factory.mktemp("ema")
+    cfg = pretrain_config(tmp, digits[0], **{"train.steps": 12, "checkpoint.every_steps": 6, "checkpoint.keep": 2,
+                                             "ema.decay": 0.9, "schedule.warmup_steps": 3, "optim.lr": 0.002,
+                                             "train.loss": "sigmoid_xent"})
+    proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp / "run"))
     assert proc.returncode == 0, failure(proc)
+    return cfg, tmp / "run"
+
+
+def test_logged_lr_is_the_lr_of_that_steps_update(ema_run):
     schedule = ScheduleConfig(name="cosine", warmup_steps=3)
-    tags = scalars(tmp_path / "run")
+    tags = scalars(ema_run[1])
     # The head starts at zero: every logit is 0, so the sigmoid loss is 10 classes x ln 2 on the first step.
     assert tags["train/loss"][0][1] == pytest.approx(10 * math.log(2), rel=1e-6)
     logged = tags["train/lr"]
-    assert [s for s, _ in logged] == list(range(1, 9))
+    assert [s for s, _ in logged] == list(range(1, 13))
     for step, lr in logged:  # step k is logged after the update made at 0-based step k - 1
-        assert lr == pytest.approx(0.002 * lr_factor(step - 1, 8, schedule), rel=1e-6), step
+        assert lr == pytest.approx(0.002 * lr_factor(step - 1, 12, schedule), rel=1e-6), step
 
 
 def test_skipped_samples_is_the_count_of_corrupt_samples_the_data_position_recorded(tmp_path):
@@ -142,11 +142,9 @@ def test_skipped_samples_is_the_count_of_corrupt_samples_the_data_position_recor
     assert len(planted) <= recorded <= 3 * len(planted)  # 9 steps of 64 are about 3 epochs of 200 samples
 
 
-def test_resumed_ema_is_bit_identical_to_an_uninterrupted_one(tmp_path, digits):
-    cfg = pretrain_config(tmp_path, digits[0], **{"train.steps": 12, "checkpoint.every_steps": 6,
-                                                  "checkpoint.keep": 2, "ema.decay": 0.9})
-    proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"))
-    assert proc.returncode == 0, failure(proc)
+def test_resumed_ema_is_bit_identical_to_an_uninterrupted_one(tmp_path, ema_run):
+    cfg = ema_run[0]
+    shutil.copytree(ema_run[1], tmp_path / "run")
     uninterrupted = load_file(tmp_path / "run" / "final_ema.safetensors")
     trained = load_file(tmp_path / "run" / "final.safetensors")
     assert any(not torch.equal(uninterrupted[k], trained[k]) for k in trained)  # the EMA is not the weights

@@ -12,26 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers_runs import build_digits, failure, run, write_config
+from tests.helpers_runs import failure, run, write_config
 
-PRETRAIN, FINETUNE, EVALUATE = "launch/pretrain.py", "launch/finetune.py", "launch/evaluate.py"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("digits")
-    return build_digits(root / "train"), build_digits(root / "val", split="val")
+FINETUNE, EVALUATE = "launch/finetune.py", "launch/evaluate.py"
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, digits) -> Path:
-    tmp = tmp_path_factory.mktemp("pre")
-    cfg = write_config(tmp / "pre.yaml", "configs/demo.yaml", {
-        "data.train": str(digits[0]), "train.steps": 40, "optim.lr": 0.004, "checkpoint.every_steps": 1000,
-        "logging.image_every_steps": 0, "data.workers": 1})
-    proc = run(PRETRAIN, 1, "--config", str(cfg), "--run-dir", str(tmp / "run"))
-    assert proc.returncode == 0, failure(proc)
-    return tmp / "run"
+def pretrained(pretrained_demo) -> Path:
+    """The session's 40-step demo pretraining run (tests/conftest.py)."""
+    return pretrained_demo.run_dir
 
 
 def finetune_config(tmp_path: Path, digits, init: Path, **overrides) -> str:

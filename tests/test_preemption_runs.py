@@ -22,18 +22,13 @@ import pytest
 
 from pretrain.distributed import free_port
 from pretrain.preemption import PREEMPTED_EXIT_CODE
-from tests.helpers_runs import ROOT, build_digits, command, env, failure, run, scalars, write_config
+from tests.helpers_runs import ROOT, command, env, failure, run, scalars, write_config
 
 PRETRAIN = "launch/pretrain.py"
 STEPS = 1000  # a long run: the signal always lands in the middle of it
 STARTUP = 240  # seconds for 2 ranks to reach their first steps on a busy 2-core machine (DeepSpeed set-up, imports)
 PREEMPTED = re.compile(r"preempted: checkpoint at step (\d+) written")
 PROGRESS = re.compile(rf"^step (\d+)/{STEPS} ", re.MULTILINE)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return build_digits(tmp_path_factory.mktemp("digits") / "train")
 
 
 def config(tmp_path: Path, shards: Path) -> str:

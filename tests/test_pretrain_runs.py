@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -21,16 +22,11 @@ import yaml
 
 from pretrain.checkpoint import Checkpointer, resolve_weights
 from pretrain.models import create_model, load_weights
-from tests.helpers_runs import build_digits, failure, final_weights, image_tags, run, scalars, start, write_config
+from tests.helpers_runs import failure, final_weights, image_tags, run, scalars, start, write_config
 
 PRETRAIN = "launch/pretrain.py"
 TAGS = {"train/loss", "train/lr", "train/grad_norm", "train/images_per_sec", "train/mfu", "train/data_wait_frac",
         "train/skipped_samples", "sys/rss_bytes"}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return build_digits(tmp_path_factory.mktemp("digits") / "train")
 
 
 def config(tmp_path: Path, shards: Path, name: str = "cfg.yaml", **overrides) -> str:
@@ -43,20 +39,30 @@ def losses(run_dir: Path) -> list[float]:
     return [v for _, v in scalars(run_dir)["train/loss"]]
 
 
-def test_two_ranks_learn_log_every_tag_and_export(tmp_path, shards):
-    cfg = config(tmp_path, shards, **{"train.steps": 60, "optim.lr": 0.004, "schedule.warmup_steps": 5,
-                                      "logging.image_every_steps": 30, "checkpoint.every_steps": 30})
-    proc = run(PRETRAIN, 2, "--config", cfg, "--run-dir", str(tmp_path / "run"))
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, shards) -> tuple[str, Path]:
+    """A 2-rank run of 60 steps (checkpoints at 30 and 60) and its config: the test that it learns, and the
+    uninterrupted run a killed and resumed one must end equal to."""
+    tmp = tmp_path_factory.mktemp("two_ranks")
+    cfg = config(tmp, shards, **{"train.steps": 60, "optim.lr": 0.004, "schedule.warmup_steps": 5,
+                                 "logging.image_every_steps": 30, "checkpoint.every_steps": 30,
+                                 "checkpoint.keep": 1})
+    proc = run(PRETRAIN, 2, "--config", cfg, "--run-dir", str(tmp / "run"))
     assert proc.returncode == 0, failure(proc)
-    curve = losses(tmp_path / "run")
+    return cfg, tmp / "run"
+
+
+def test_two_ranks_learn_log_every_tag_and_export(two_ranks):
+    run_dir = two_ranks[1]
+    curve = losses(run_dir)
     assert len(curve) == 60
     assert curve[0] > 2.2 and sum(curve[-10:]) / 10 < 1.7, curve  # chance is ln 10 = 2.30
-    assert TAGS <= set(scalars(tmp_path / "run")), sorted(scalars(tmp_path / "run"))
-    assert image_tags(tmp_path / "run") == ["weights/token_mixing"]
-    assert (tmp_path / "run" / "config.yaml").is_file()
-    assert Checkpointer(tmp_path / "run" / "checkpoints", keep=3, rank=0).latest_tag() == "step-00000060"
+    assert TAGS <= set(scalars(run_dir)), sorted(scalars(run_dir))
+    assert image_tags(run_dir) == ["weights/token_mixing"]
+    assert (run_dir / "config.yaml").is_file()
+    assert Checkpointer(run_dir / "checkpoints", keep=3, rank=0).latest_tag() == "step-00000060"
     model = create_model("mixer_demo", num_classes=10, img_size=32)
-    load_weights(model, tmp_path / "run" / "final.safetensors")
+    load_weights(model, run_dir / "final.safetensors")
     assert torch.isfinite(model(torch.zeros(1, 3, 32, 32))).all()
 
 
@@ -95,11 +101,8 @@ def test_zero3_trains_saves_and_resumes(tmp_path, shards):
     load_weights(model, tmp_path / "run" / "final.safetensors")  # full shapes, gathered from the partitions
 
 
-def test_kill9_then_resume_equals_uninterrupted(tmp_path, shards):
-    cfg = config(tmp_path, shards, **{"train.steps": 40, "checkpoint.every_steps": 10, "checkpoint.keep": 1})
-    reference = run(PRETRAIN, 2, "--config", cfg, "--run-dir", str(tmp_path / "ref"))
-    assert reference.returncode == 0, failure(reference)
-
+def test_kill9_then_resume_equals_uninterrupted(tmp_path, two_ranks):
+    cfg, reference = two_ranks  # the uninterrupted run
     victim = start(PRETRAIN, 2, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto")
     latest = tmp_path / "run" / "checkpoints" / "latest"
     deadline = time.monotonic() + 300
@@ -111,7 +114,7 @@ def test_kill9_then_resume_equals_uninterrupted(tmp_path, shards):
 
     resumed = run(PRETRAIN, 2, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto")
     assert resumed.returncode == 0, failure(resumed)
-    ours, ref = final_weights(tmp_path / "run"), final_weights(tmp_path / "ref")
+    ours, ref = final_weights(tmp_path / "run"), final_weights(reference)
     assert all(torch.equal(ours[k], ref[k]) for k in ref), "resumed weights differ from the uninterrupted run"
 
 
@@ -162,14 +165,14 @@ def test_user_mistakes_are_one_line_with_status_2(tmp_path, shards):
         2, "error: `train.precision`: 'fp16' is not supported by DeepSpeed on a CPU; use bf16 or fp32")
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path, shards):
-    cfg = config(tmp_path, shards, **{"train.steps": 1})
-    assert run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run")).returncode == 0
+def test_checkpoint_of_another_model_is_refused(tmp_path, pretrained_demo):
+    cfg = str(pretrained_demo.config)
+    shutil.copytree(pretrained_demo.run_dir, tmp_path / "run")  # a finished run, its checkpoint at step 40
     other = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto",
                 "--set", "model.name=mixer_s32", "model.img_size=64")
     assert other.returncode == 2, failure(other)
     assert other.stderr.strip().splitlines()[-1] == (
-        f"error: checkpoint {tmp_path / 'run' / 'checkpoints' / 'step-00000001'} was written with "
+        f"error: checkpoint {tmp_path / 'run' / 'checkpoints' / 'step-00000040'} was written with "
         "model='mixer_demo', this run has model='mixer_s32'; resume with the same setting or start a new run dir")
     shuffled = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto",
                    "--set", "augment.permute=patches")
@@ -221,10 +224,9 @@ def test_sigusr1_in_the_first_second_is_kept_until_the_first_step(tmp_path, shar
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000001"
 
 
-def test_a_resume_after_the_last_checkpoint_writes_the_missing_final_weights(tmp_path, shards):
-    cfg = config(tmp_path, shards, **{"train.steps": 4, "checkpoint.every_steps": 4})
-    proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"))
-    assert proc.returncode == 0, failure(proc)
+def test_a_resume_after_the_last_checkpoint_writes_the_missing_final_weights(tmp_path, pretrained_demo):
+    cfg = str(pretrained_demo.config)
+    shutil.copytree(pretrained_demo.run_dir, tmp_path / "run")  # a finished run, its last checkpoint at train.steps
     final = final_weights(tmp_path / "run")
     (tmp_path / "run" / "final.safetensors").unlink()  # as if killed between the last checkpoint and the export
     proc = run(PRETRAIN, 1, "--config", cfg, "--run-dir", str(tmp_path / "run"), "--resume", "auto")

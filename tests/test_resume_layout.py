@@ -32,7 +32,7 @@ from pretrain.rng_state import RNGStates, rng_state, seed_rank
 from pretrain.universal import engine_layout, layout_changes
 from pretrain.universal.convert import ensure_universal
 from pretrain.universal.files import read_param
-from tests.helpers_runs import ROOT, build_digits, command, env, failure, scalars, write_config
+from tests.helpers_runs import ROOT, command, env, failure, scalars, write_config
 
 PRETRAIN = "launch/pretrain.py"
 STEP6, STEP12 = "step-00000006", "step-00000012"
@@ -68,11 +68,10 @@ def gathered_moments(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+def runs(tmp_path_factory, shards) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
     """The uninterrupted 2-rank ZeRO-1 run (checkpoints at 6 and 12), and its step-6 checkpoint resumed on each
     layout of RESUMES, all three at once (as if killed after step 6: `latest` on it, the later files gone)."""
     tmp = tmp_path_factory.mktemp("layout")
-    shards = build_digits(tmp / "digits" / "train")
     cfg = write_config(tmp / "cfg.yaml", "configs/demo.yaml", {
         "data.train": str(shards), "data.workers": 1, "train.steps": 12, "checkpoint.every_steps": 6,
         "checkpoint.keep": 3, "logging.every_steps": 1, "logging.image_every_steps": 0})

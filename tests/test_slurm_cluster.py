@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from pretrain.distributed import free_port
-from tests.helpers_runs import build_digits, final_weights
+from tests.helpers_runs import final_weights
 from tests.helpers_slurm import SlurmCluster, SlurmUnavailable, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,11 +54,6 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return build_digits(tmp_path_factory.mktemp("digits") / "train")
 
 
 class Job:

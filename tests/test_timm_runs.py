@@ -16,17 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from pretrain.models import create_model
-from tests.helpers_runs import build_digits, failure, final_weights, image_tags, run, scalars, write_config
+from tests.helpers_runs import failure, final_weights, image_tags, run, scalars, write_config
 
 PRETRAIN, FINETUNE, EVALUATE = "launch/pretrain.py", "launch/finetune.py", "launch/evaluate.py"
 MODEL = {"model.name": "convit_tiny", "model.patch_size": 4, "data.workers": 1, "logging.every_steps": 1,
          "train.global_batch": 32, "train.micro_batch": 16}
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("digits")
-    return build_digits(root / "train"), build_digits(root / "val", split="val")
 
 
 @pytest.fixture(scope="module")
