@@ -1,4 +1,5 @@
-"""Few-shot least-squares evaluation: closed form vs a direct solve, shot sampling, feature extraction."""
+"""Few-shot least-squares evaluation: closed form vs a direct solve, shot sampling, feature extraction (the
+evaluator's own pass)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from pretrain.evaluators.fewshot import extract_features
 from pretrain.evaluators.fewshot_lsr import (
     BIAS_FEATURE,
     FewShotError,
-    extract_features,
     fewshot_accuracy,
     fewshot_indices,
     fit_lsr,
@@ -86,26 +87,29 @@ def test_too_few_examples_for_a_shot_count_is_an_error():
     assert str(info.value) == "5-shot evaluation needs 5 training examples of every class, but class 1 has 3"
 
 
-def test_extract_features_uses_pre_logits_preprocess_and_restores_mode():
+def test_extract_features_is_the_evaluators_pass_in_key_order_and_restores_mode():
     model = make_mixer().train()
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
-    loader = [{"image": images[i : i + 4], "label": torch.arange(i, min(i + 4, 10))} for i in range(0, 10, 4)]
+    keys = [f"s{9 - i}" for i in range(10)]  # the loader reads them in reverse key order
+    loader = [{"image": images[i : i + 4], "label": torch.arange(i, min(i + 4, 10)), "key": keys[i : i + 4]}
+              for i in range(0, 10, 4)]
     preprocess = lambda x: x.float() / 127.5 - 1.0
-    features, labels = extract_features(model, loader, "cpu", preprocess=preprocess)
+    features, labels = extract_features(model, loader, preprocess, torch.device("cpu"), 16)
     assert model.training
     with torch.no_grad():
         model.eval()
         expected = model.forward_head(model.forward_features(preprocess(images)), pre_logits=True)
     assert features.dtype == np.float32 and features.shape == (10, 32)
-    np.testing.assert_allclose(features, expected.numpy(), atol=1e-6)
-    np.testing.assert_array_equal(labels, np.arange(10))
-    bf16, _ = extract_features(model, loader, "cpu", dtype=torch.bfloat16, preprocess=preprocess)
+    np.testing.assert_array_equal(features, expected.numpy()[::-1])
+    np.testing.assert_array_equal(labels, np.arange(10)[::-1])
+    bf16, _ = extract_features(model.to(torch.bfloat16), loader, lambda x: preprocess(x).bfloat16(),
+                               torch.device("cpu"), 16)
     assert bf16.dtype == np.float32 and np.abs(bf16 - features).max() < 0.1
 
 
 def test_extract_features_from_empty_loader_is_an_error():
-    with pytest.raises(FewShotError, match="^the loader yielded no batches: no features to extract$"):
-        extract_features(make_mixer(), [], "cpu")
+    with pytest.raises(FewShotError, match="^the few-shot sets yielded no samples: no features to extract$"):
+        extract_features(make_mixer(), [], lambda x: x.float(), torch.device("cpu"), 16)
 
 
 def test_real_digits_accuracy_grows_with_shots():
