@@ -202,10 +202,12 @@ class TrainConfig:
                  self.grad_accum_dtype, "'fp32', 'bf16' or 'fp16'")
         require(self.max_bad_steps >= 1, f"{prefix}.max_bad_steps", self.max_bad_steps, "an integer >= 1")
         require(self.loss in LOSSES, f"{prefix}.loss", self.loss, " or ".join(repr(k) for k in LOSSES))
-        require(not (self.precision == "bf16" and self.zero_stage == 0 and self.grad_accum_dtype == "fp32"),
+        # DeepSpeed's ZeRO-0 accumulates in the model's dtype (any other mix: NotImplementedError at start-up).
+        require(self.precision == "fp32" or self.zero_stage > 0 or self.grad_accum_dtype == self.precision,
                 f"{prefix}.grad_accum_dtype", self.grad_accum_dtype,
-                "'bf16' with train.zero_stage 0 (DeepSpeed's ZeRO-0 bf16 path accumulates in bf16), or "
-                "train.zero_stage >= 1 to keep fp32 accumulation")
+                f"{self.precision!r} with train.precision {self.precision!r} and train.zero_stage 0 (DeepSpeed's "
+                f"ZeRO-0 {self.precision} path accumulates in {self.precision}), or train.zero_stage >= 1 to keep "
+                f"{self.grad_accum_dtype} accumulation")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps for this world size (checked by `check_against_world`)."""
