@@ -1,11 +1,11 @@
 """An exponential moving average of the weights: fp32, on every rank, updated after each optimizer step.
 
-ema <- decay * ema + (1 - decay) * weights, from the fp32 master weights (`pretrain.masters`; a collective under
-ZeRO 1-2, every rank updates its EMA; ZeRO-3 is refused by the config), not from a bf16/fp16 working copy: late in
-a decayed schedule the updates fall below bf16 resolution and an EMA of the working copy would converge to
-rounded weights. A module that is not in an engine (tests) is its own master. `swapped_in` puts the average into
-the module for an evaluation and the trained weights back afterwards. Saved and resumed exactly with the run (a
-checkpoint component).
+ema <- decay * ema + (1 - decay) * weights, from the fp32 master weights (`pretrain.masters`; under ZeRO 1-2 a
+collective, one all-reduce per parameter per step, every rank updates its EMA; ZeRO-3 is refused by the config),
+not from a bf16/fp16 working copy: late in a decayed schedule the updates fall below bf16 resolution and an EMA of
+the working copy would converge to rounded weights. A module that is not in an engine (tests) is its own master.
+`swapped_in` puts the average into the module for an evaluation and the trained weights back afterwards. Saved and
+resumed exactly with the run (a checkpoint component).
 """
 
 from __future__ import annotations
