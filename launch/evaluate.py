@@ -3,7 +3,8 @@
 Build the model, load the weights, run the evaluators: the config's `data.val` evaluator (`eval`), the few-shot
 one with `--fewshot` (or `fewshot.enabled`), and every entry of `evals`. Exact top-1/top-5/loss/per-class accuracy
 (each validation sample counted once, also under deepspeed/torchrun/srun), optional ImageNet-ReaL; results in
-`<run dir>/metrics.json`. The model is the config's `model.name`: a Mixer variant or any timm model.
+`<run dir>/metrics.json`. The model is the config's `model.name`: a Mixer variant or any timm model; with
+`train.zero_stage: 3` its parameters are partitioned over the ranks as in training.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from finetune.stage import default_evals
     from pretrain.data import device_preprocess
     from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
-    from pretrain.engine import DTYPES
+    from pretrain.engine import DTYPES, evaluation_module
     from pretrain.evaluators.build import build_evaluators
     from pretrain.evaluators.runner import Evaluations
     from pretrain.monitor import Monitor
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = DTYPES[cfg.train.precision]
     model = build_model(cfg)
     load_init(model, args.checkpoint, drop_head=False)
-    model = model.to(env.device, dtype).eval()
+    model = evaluation_module(cfg, env, model.to(env.device, dtype).eval())  # partitioned under ZeRO-3
     with Monitor(run_dir, env.rank, enabled=False, total_steps=1) as monitor:
         evaluations = Evaluations(evaluators, specs, total_steps=0, monitor=monitor, metrics_path=run_dir / METRICS,
                                   rank=env.rank)
