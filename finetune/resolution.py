@@ -146,7 +146,7 @@ def state_dict_grid(state_dict: Mapping[str, torch.Tensor], img_size: int | Grid
 
 
 def widen_token_mixing(model: nn.Module, hidden: int) -> None:
-    """Replace every block's ``mlp_tokens.fc1``/``fc2`` by ``nn.Linear`` layers of width ``hidden``, in place.
+    """Replace every block's ``mlp_tokens.fc1``/``fc2`` by layers of their class of width ``hidden``, in place.
 
     Token counts, device and dtype are kept; the new layers are meant to be overwritten by a state dict.
     A model built at the fine-tuning resolution has the pretrained width ``D_S``; the expanded weights
@@ -155,8 +155,8 @@ def widen_token_mixing(model: nn.Module, hidden: int) -> None:
     for block in model.blocks:
         fc1, fc2 = block.mlp_tokens.fc1, block.mlp_tokens.fc2
         like = {"device": fc1.weight.device, "dtype": fc1.weight.dtype}
-        block.mlp_tokens.fc1 = nn.Linear(fc1.in_features, hidden, bias=fc1.bias is not None, **like)
-        block.mlp_tokens.fc2 = nn.Linear(hidden, fc2.out_features, bias=fc2.bias is not None, **like)
+        block.mlp_tokens.fc1 = type(fc1)(fc1.in_features, hidden, bias=fc1.bias is not None, **like)
+        block.mlp_tokens.fc2 = type(fc2)(hidden, fc2.out_features, bias=fc2.bias is not None, **like)
 
 
 def convert_for_model(

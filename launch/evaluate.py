@@ -5,7 +5,8 @@ one with `--fewshot` (or `fewshot.enabled`), and every entry of `evals`. Exact t
 (each validation sample counted once, also under deepspeed/torchrun/srun), optional ImageNet-ReaL. The config is
 the run's resolved `config.yaml` (its data, model, preprocessing), unless `--config` names another; `--set`
 overrides either. Results go to `RUN/eval/metrics.json` (`--run-dir` elsewhere). The model is the config's
-`model.name`, or the one the checkpoint holds: a Mixer variant or any timm model.
+`model.name`, or the one the checkpoint holds: a Mixer variant or any timm model; with `train.zero_stage: 3` its
+parameters are partitioned over the ranks as in training.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.config.preflight import evals_key, preflight
     from pretrain.data import device_preprocess
     from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
-    from pretrain.engine import DTYPES
+    from pretrain.engine import DTYPES, evaluation_module
     from pretrain.evaluators.build import build_evaluators
     from pretrain.evaluators.runner import Evaluations
     from pretrain.monitor import Monitor
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = DTYPES[cfg.train.precision]
     model = build_model(cfg)
     load_init(model, args.checkpoint, drop_head=False)
-    model = model.to(env.device, dtype).eval()
+    model = evaluation_module(cfg, env, model.to(env.device, dtype).eval())  # partitioned under ZeRO-3
     with Monitor(run_dir, env.rank, enabled=False, total_steps=1) as monitor:
         evaluations = Evaluations(evaluators, specs, total_steps=0, monitor=monitor, metrics_path=run_dir / METRICS,
                                   rank=env.rank)

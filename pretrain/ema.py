@@ -1,30 +1,39 @@
 """An exponential moving average of the weights: fp32, on every rank, updated after each optimizer step.
 
-ema <- decay * ema + (1 - decay) * weights, from the module's working weights (full on every rank under ZeRO 0-2;
-ZeRO-3 is refused by the config). `swapped_in` puts the average into the module for an evaluation and the trained
-weights back afterwards. Saved and resumed exactly with the run (a checkpoint component).
+ema <- decay * ema + (1 - decay) * weights, from the fp32 master weights (`pretrain.masters`; under ZeRO 1-2 a
+collective, one all-reduce per parameter per step, every rank updates its EMA; ZeRO-3 is refused by the config),
+not from a bf16/fp16 working copy: late in a decayed schedule the updates fall below bf16 resolution and an EMA of
+the working copy would converge to rounded weights. A module that is not in an engine (tests) is its own master.
+`swapped_in` puts the average into the module for an evaluation and the trained weights back afterwards. Saved and
+resumed exactly with the run (a checkpoint component).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from pretrain.masters import Masters
+
 
 class EMA:
-    """The running average of `module`'s parameters, decay `decay` per optimizer step."""
+    """The running average of `module`'s parameters, decay `decay` per optimizer step, over the fp32 weights
+    `masters` gives (a `pretrain.masters.Masters` of the engine; default: the module's own parameters)."""
 
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        self.module, self.decay = module, decay
-        self.shadow = {name: p.detach().float().clone() for name, p in module.named_parameters()}
+    def __init__(self, module: nn.Module, decay: float, masters: Masters | None = None) -> None:
+        self.module, self.decay, self.masters = module, decay, masters
+        self.shadow = {name: w.detach().float().clone() for name, w in self._weights()}
+
+    def _weights(self) -> Iterable[tuple[str, torch.Tensor]]:
+        return self.masters.named() if self.masters is not None else self.module.named_parameters()
 
     @torch.no_grad()
     def update(self) -> None:
-        for name, p in self.module.named_parameters():
-            self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+        for name, w in self._weights():
+            self.shadow[name].lerp_(w.detach().float(), 1.0 - self.decay)
 
     @contextmanager
     def swapped_in(self) -> Iterator[None]:

@@ -40,6 +40,7 @@ from pretrain.engine import Engine, StepResult
 from pretrain.evaluators.build import build_evaluators
 from pretrain.evaluators.runner import Evaluations
 from pretrain.export import export_weights
+from pretrain.masters import Masters
 from pretrain.memory import memory_stats
 from pretrain.mfu import forward_flops_per_image, mfu, peak_flops
 from pretrain.models import create_model, is_mixer, mixer_flops_per_image, save_weights
@@ -142,7 +143,7 @@ class Run:
         self._phase("building the DeepSpeed engine")
         self.engine = Engine(cfg, env, model, self.length)
         self.state = TrainState()
-        self.ema = EMA(self.engine.module, cfg.ema.decay) if cfg.ema.decay else None
+        self.ema = EMA(self.engine.module, cfg.ema.decay, Masters(self.engine.ds)) if cfg.ema.decay else None
         self.monitor = Monitor(run_dir, env.rank, total_steps=self.length.steps, every_steps=cfg.logging.every_steps)
         self.evaluations = Evaluations(evaluators, specs, self.length.steps, self.monitor, run_dir / METRICS,
                                        env.rank, self.ema)
@@ -269,7 +270,8 @@ class Run:
         added to the config of a finished run)."""
         export_weights(self.engine.ds, self.run_dir / FINAL, self.env.rank)
         if self.ema is not None and self.env.rank == 0:
-            save_weights(self.ema.weights(), self.run_dir / FINAL_EMA)
+            save_weights(self.ema.weights(), self.run_dir / FINAL_EMA,
+                         metadata={"weights": f"EMA (decay {self.ema.decay}) of the fp32 masters"})
         names = self.evaluations.due(self.state.step)
         if names:
             self.evaluations.run(names, self.engine.module, self.preprocess, self.state.step)

@@ -49,11 +49,17 @@ def test_wrong_type_and_range_name_key_value_and_allowed(tmp_path):
         "`model.grad_checkpointing`: 1 is not allowed; expected true or false")
 
 
-def test_bf16_with_fp32_accumulation_needs_zero_1(tmp_path):
+def test_zero_0_accumulates_in_the_models_dtype(tmp_path):
     path = write(tmp_path, "data: {train: x}\n")
-    assert error_of(path, ["train.zero_stage=0", "train.precision=bf16"]) == (
-        "`train.grad_accum_dtype`: 'fp32' is not allowed; expected 'bf16' with train.zero_stage 0 (DeepSpeed's "
-        "ZeRO-0 bf16 path accumulates in bf16), or train.zero_stage >= 1 to keep fp32 accumulation")
+    for precision in ("bf16", "fp16"):  # fp16 used to reach DeepSpeed's NotImplementedError("unsupported mix")
+        assert error_of(path, ["train.zero_stage=0", f"train.precision={precision}"]) == (
+            f"`train.grad_accum_dtype`: 'fp32' is not allowed; expected '{precision}' with train.precision "
+            f"'{precision}' and train.zero_stage 0 (DeepSpeed's ZeRO-0 {precision} path accumulates in {precision}), "
+            "or train.zero_stage >= 1 to keep fp32 accumulation")
+    assert "expected 'bf16'" in error_of(path, ["train.zero_stage=0", "train.grad_accum_dtype=fp16"])
+    cfg = load_config(path, PretrainConfig,
+                      ["train.zero_stage=0", "train.precision=fp16", "train.grad_accum_dtype=fp16"])
+    assert (cfg.train.precision, cfg.train.grad_accum_dtype) == ("fp16", "fp16")
     cfg = load_config(path, PretrainConfig, ["train.zero_stage=0", "train.grad_accum_dtype=bf16"])
     assert (cfg.train.zero_stage, cfg.train.grad_accum_dtype) == (0, "bf16")
 

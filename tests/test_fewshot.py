@@ -1,4 +1,5 @@
-"""Few-shot least-squares evaluation: closed form vs a direct solve, shot sampling, feature extraction."""
+"""Few-shot least-squares evaluation: closed form vs a direct solve, shot sampling, feature extraction (the
+evaluator's own pass)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import torch
 from pretrain.evaluators.fewshot_lsr import (
     BIAS_FEATURE,
     FewShotError,
-    extract_features,
     fewshot_accuracy,
     fewshot_indices,
     fit_lsr,
 )
+from pretrain.evaluators.forward import forward_batches, pre_logits
 from tests.helpers_finetune import make_mixer
 
 
@@ -86,26 +87,31 @@ def test_too_few_examples_for_a_shot_count_is_an_error():
     assert str(info.value) == "5-shot evaluation needs 5 training examples of every class, but class 1 has 3"
 
 
-def test_extract_features_uses_pre_logits_preprocess_and_restores_mode():
+def features_of(model, loader, preprocess, img_size=16):
+    """Pre-logit features (float32) and labels of every batch of `loader`, through the evaluators' one pass."""
+    feats, labels = [], []
+    for batch, f in forward_batches(model, loader, preprocess, pre_logits, torch.device("cpu"), img_size):
+        feats.append(f.float().numpy())
+        labels.append(np.asarray(batch["label"]).reshape(-1))
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def test_the_evaluators_pass_gives_pre_logits_of_every_batch_and_restores_mode():
     model = make_mixer().train()
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
-    loader = [{"image": images[i : i + 4], "label": torch.arange(i, min(i + 4, 10))} for i in range(0, 10, 4)]
+    loader = [{"image": images[i : i + 4], "label": torch.arange(i, min(i + 4, 10)), "key": [f"s{j}" for j in
+              range(i, min(i + 4, 10))]} for i in range(0, 10, 4)]
     preprocess = lambda x: x.float() / 127.5 - 1.0
-    features, labels = extract_features(model, loader, "cpu", preprocess=preprocess)
+    features, labels = features_of(model, loader, preprocess)
     assert model.training
     with torch.no_grad():
         model.eval()
         expected = model.forward_head(model.forward_features(preprocess(images)), pre_logits=True)
-    assert features.dtype == np.float32 and features.shape == (10, 32)
-    np.testing.assert_allclose(features, expected.numpy(), atol=1e-6)
+    assert features.shape == (10, 32)
+    np.testing.assert_array_equal(features, expected.numpy())
     np.testing.assert_array_equal(labels, np.arange(10))
-    bf16, _ = extract_features(model, loader, "cpu", dtype=torch.bfloat16, preprocess=preprocess)
-    assert bf16.dtype == np.float32 and np.abs(bf16 - features).max() < 0.1
-
-
-def test_extract_features_from_empty_loader_is_an_error():
-    with pytest.raises(FewShotError, match="^the loader yielded no batches: no features to extract$"):
-        extract_features(make_mixer(), [], "cpu")
+    bf16, _ = features_of(model.to(torch.bfloat16), loader, lambda x: preprocess(x).bfloat16())
+    assert np.abs(bf16 - features).max() < 0.1
 
 
 def test_real_digits_accuracy_grows_with_shots():
@@ -168,7 +174,7 @@ def test_evaluator_forwards_only_the_shot_sets_and_matches_the_whole_pool_protoc
         loader = build_eval_loader(load_manifest(path), batch_size=16, rank=0, world_size=1, workers=0,
                                    transform=transform)
         keys = [k for batch in loader for k in batch["key"]]
-        features, labels = extract_features(model.model, loader, "cpu", preprocess=lambda x: x.float() / 255)
+        features, labels = features_of(model.model, loader, lambda x: x.float() / 255)
         order = np.argsort(np.array(keys, dtype=object), kind="stable")
         return features[order], labels[order]
 

@@ -139,7 +139,7 @@ def test_sigusr1_checkpoints_exits_75_and_resumes(tmp_path, shards):
     assert f"resumed from step {stopped_at}" in resumed.stderr + resumed.stdout
 
 
-@pytest.mark.parametrize("zero_stage", [0, 1])  # our own check per micro-batch; DeepSpeed's skip of the update
+@pytest.mark.parametrize("zero_stage", [0, 1])  # our own check of the gradient norm; DeepSpeed's skip
 def test_non_finite_losses_stop_with_last_good_checkpoint(tmp_path, shards, zero_stage):
     cfg = config(tmp_path, shards, **{"train.steps": 30, "train.precision": "fp32", "optim.lr": 1.0e6,
                                       "schedule.warmup_steps": 0, "train.max_bad_steps": 3,

@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 
 from pretrain.config import ConfigError, PretrainConfig, load_config
-from pretrain.export import full_fp32_state_dict
+from pretrain.export import export_weights, full_fp32_state_dict
 from pretrain.mfu import forward_flops_per_image
 from pretrain.models import WeightsError, create_model, is_mixer, mixer_flops_per_image, read_weights
 from pretrain.run import build_model, model_flops_per_image
@@ -110,12 +111,13 @@ def test_mfu_flops_count_one_forward_and_leave_model_and_rng_alone():
     assert model_flops_per_image(mixer, 32) == mixer_flops_per_image(mixer) == forward_flops_per_image(mixer, 32)
 
 
-def test_export_keeps_persistent_buffers_in_fp32():
+def test_export_keeps_persistent_buffers_in_fp32(tmp_path):
     model = create_model("convit_tiny", **TINY)
     model(torch.zeros(1, 3, 32, 32))  # builds ConViT's non-persistent relative indices
-    resnet = create_model("resnet18", num_classes=10).to(torch.bfloat16)
-    for module in (model, resnet):
-        state = full_fp32_state_dict(SimpleNamespace(module=module))
+    resnet = create_model("resnet18", num_classes=10).to(torch.bfloat16)  # no engine: its bf16 weights are exported
+    export_weights(SimpleNamespace(module=resnet), tmp_path / "resnet.safetensors", rank=0)
+    for module, state in ((model, full_fp32_state_dict(SimpleNamespace(module=model))),
+                          (resnet, load_file(tmp_path / "resnet.safetensors"))):
         assert state.keys() == module.state_dict().keys()
         assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
 

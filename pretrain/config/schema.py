@@ -226,10 +226,12 @@ class TrainConfig:
         require(self.loss in LOSSES, f"{prefix}.loss", self.loss, " or ".join(repr(k) for k in LOSSES))
         require(0 < self.collective_timeout_s < math.inf, f"{prefix}.collective_timeout_s", self.collective_timeout_s,
                 "a positive number of seconds (longer than the slowest step, evaluation or save)")
-        require(not (self.precision == "bf16" and self.zero_stage == 0 and self.grad_accum_dtype == "fp32"),
+        # DeepSpeed's ZeRO-0 accumulates in the model's dtype (any other mix: NotImplementedError at start-up).
+        require(self.precision == "fp32" or self.zero_stage > 0 or self.grad_accum_dtype == self.precision,
                 f"{prefix}.grad_accum_dtype", self.grad_accum_dtype,
-                "'bf16' with train.zero_stage 0 (DeepSpeed's ZeRO-0 bf16 path accumulates in bf16), or "
-                "train.zero_stage >= 1 to keep fp32 accumulation")
+                f"{self.precision!r} with train.precision {self.precision!r} and train.zero_stage 0 (DeepSpeed's "
+                f"ZeRO-0 {self.precision} path accumulates in {self.precision}), or train.zero_stage >= 1 to keep "
+                f"{self.grad_accum_dtype} accumulation")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps for this world size (checked by `check_against_world`)."""

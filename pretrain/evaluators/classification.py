@@ -18,8 +18,7 @@ from pretrain.config.schema import EvalSpec
 from pretrain.data import Manifest, build_eval_loader, check_head_classes, eval_transform, load_manifest
 from pretrain.distributed import DistEnv
 from pretrain.evaluators.accuracy import EvalAccumulator, load_real_labels
-from pretrain.evaluators.forward import evaluation_mode, logits_fp32
-from pretrain.evaluators.lockstep import lockstep
+from pretrain.evaluators.forward import forward_batches, logits_fp32
 
 # The config's names of the evaluation preprocessing -> eval_transform's.
 RESIZE_MODES = {"crop": "crop", "resize": "squash"}
@@ -46,16 +45,12 @@ class ClassificationEvaluator:
         self.real = load_real_labels(spec.real_labels) if spec.real_labels else None
 
     def __call__(self, model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
-        device, size = self.env.device, self.cfg.model.img_size
+        device = self.env.device
         acc = EvalAccumulator(self.cfg.model.num_classes, real_labels=self.real)
         start = time.perf_counter()
-        with evaluation_mode(model):
-            for batch in lockstep(self.loader, device):
-                if batch is None:  # this rank is done: a stand-in forward keeps ZeRO-3's collectives matched
-                    logits_fp32(model, preprocess(torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)))
-                    continue
-                logits = logits_fp32(model, preprocess(batch["image"].to(device, non_blocking=True)))
-                acc.update(logits, batch["label"].to(device), keys=batch["key"], sources=batch["source"])
+        for batch, logits in forward_batches(model, self.loader, preprocess, logits_fp32, device,
+                                             self.cfg.model.img_size):
+            acc.update(logits, batch["label"].to(device), keys=batch["key"], sources=batch["source"])
         acc.all_reduce()
         result = acc.result()
         result["images_per_sec"] = result["num_samples"] / max(time.perf_counter() - start, 1e-9)

@@ -30,8 +30,7 @@ from pretrain.data.subset import apply_selections
 from pretrain.distributed import DistEnv
 from pretrain.evaluators.classification import spec_loader
 from pretrain.evaluators.fewshot_lsr import FewShotError, LinearProbe, check_counts, fewshot_indices, fit_lsr
-from pretrain.evaluators.forward import evaluation_mode, pre_logits
-from pretrain.evaluators.lockstep import lockstep
+from pretrain.evaluators.forward import forward_batches, pre_logits
 
 
 @dataclass(frozen=True)
@@ -91,12 +90,9 @@ class FewshotEvaluator:
 
     def _forward(self, model: nn.Module, loader, preprocess) -> Iterable[dict[str, Any]]:
         """(batch, features as a float32 numpy array) of this rank's batches, in lockstep with the other ranks."""
-        device, size = self.env.device, self.cfg.model.img_size
-        for batch in lockstep(loader, device):
-            if batch is None:
-                pre_logits(model, preprocess(torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)))
-                continue
-            yield batch, pre_logits(model, preprocess(batch["image"].to(device, non_blocking=True))).cpu().numpy()
+        for batch, feats in forward_batches(model, loader, preprocess, pre_logits, self.env.device,
+                                            self.cfg.model.img_size):
+            yield batch, feats.cpu().numpy()
 
     def _probes(self, model: nn.Module, preprocess) -> list[LinearProbe]:
         """Every (seed, shots) probe, fitted on rank 0 from the shot sets' features and sent to every rank."""
@@ -129,14 +125,13 @@ class FewshotEvaluator:
         return probes
 
     def __call__(self, model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Any]:
-        with evaluation_mode(model):
-            probes = self._probes(model, preprocess)
-            correct = np.zeros(len(probes), dtype=np.int64)
-            total = 0
-            for batch, feats in self._forward(model, self.val_loader, preprocess):
-                labels = batch["label"].numpy()
-                correct += [int(np.sum(p.predict(feats) == labels)) for p in probes]
-                total += len(labels)
+        probes = self._probes(model, preprocess)
+        correct = np.zeros(len(probes), dtype=np.int64)
+        total = 0
+        for batch, feats in self._forward(model, self.val_loader, preprocess):
+            labels = batch["label"].numpy()
+            correct += [int(np.sum(p.predict(feats) == labels)) for p in probes]
+            total += len(labels)
         counts = torch.tensor([*correct.tolist(), total], dtype=torch.int64, device=self.env.device)
         if _distributed():
             dist.all_reduce(counts)

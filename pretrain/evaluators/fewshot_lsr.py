@@ -15,12 +15,10 @@ uses fewer): the metric would not mean what its name says.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
 
 from pretrain.evaluators.errors import EvalError
 
@@ -33,41 +31,6 @@ PREDICT_CHUNK = 8192
 
 class FewShotError(EvalError):
     """The few-shot problem cannot be set up as asked (too few examples per class, bad inputs)."""
-
-
-@torch.inference_mode()
-def extract_features(
-    model: nn.Module,
-    loader: Iterable[dict],
-    device: torch.device | str,
-    dtype: torch.dtype = torch.float32,
-    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-logit features (float32 ``[N, D]``) and labels (int64 ``[N]``) of every batch in ``loader``.
-
-    Each batch is a dict with ``image`` and ``label``. The image batch is moved to ``device``, passed
-    through ``preprocess`` (default: none; e.g. uint8 -> normalised float), cast to the model's
-    parameter dtype, and run under autocast to ``dtype`` when that is not float32. The model is put in
-    eval mode for the pass and its mode restored afterwards.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    param_dtype = next(model.parameters()).dtype
-    features, labels = [], []
-    model.eval()
-    try:
-        for batch in loader:
-            images = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
-            images = (preprocess(images) if preprocess is not None else images).to(param_dtype)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                pre_logits = model.forward_head(model.forward_features(images), pre_logits=True)
-            features.append(pre_logits.float().cpu().numpy())
-            labels.append(torch.as_tensor(batch["label"]).cpu().numpy().astype(np.int64).reshape(-1))
-    finally:
-        model.train(was_training)
-    if not features:
-        raise FewShotError("the loader yielded no batches: no features to extract")
-    return np.concatenate(features), np.concatenate(labels)
 
 
 def design_matrix(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

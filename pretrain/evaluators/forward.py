@@ -1,4 +1,5 @@
-"""The evaluation forward pass: pre-logit features in the model's dtype, logits in float32.
+"""The evaluation forward pass: pre-logit features in the model's dtype, logits in float32, over a loader in
+lockstep with the other ranks (`forward_batches`, the one pass both evaluators make).
 
 bf16 logits near 10 are rounded to 1/16, which turns close classes into ties broken by index; the head is applied
 in float32 to the features instead. The model's own parameters (ViT's position embedding, class token) and its
@@ -8,14 +9,15 @@ would otherwise meet them partitioned.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.evaluators.lockstep import gathered, is_zero3
+from pretrain.evaluators.lockstep import gathered, is_zero3, lockstep
 from pretrain.models.timm_models import classifier
 
 
@@ -47,3 +49,18 @@ def logits_fp32(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).float()
     bias = None if head.bias is None else head.bias.float()
     return F.linear(pre_logits(model, x), head.weight.float(), bias)
+
+
+def forward_batches(model: nn.Module, loader: Iterable[dict[str, Any]],
+                    preprocess: Callable[[torch.Tensor], torch.Tensor],
+                    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor], device: torch.device,
+                    img_size: int) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """`(batch, forward(model, images))` for each of this rank's batches, in `evaluation_mode`. Once this rank is done
+    and another still has a batch, it runs `forward` on a stand-in image and drops the result (see lockstep.py), so
+    ZeRO-3's per-layer collectives stay matched and every sample is still counted once."""
+    with evaluation_mode(model):
+        for batch in lockstep(loader, device):
+            if batch is None:
+                forward(model, preprocess(torch.zeros(1, 3, img_size, img_size, dtype=torch.uint8, device=device)))
+                continue
+            yield batch, forward(model, preprocess(batch["image"].to(device, non_blocking=True)))

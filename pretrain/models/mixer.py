@@ -26,7 +26,9 @@ block) to ``drop_path_rate`` (last block) as in big_vision.
 Speed: the token-mixing MLP works on the (B, N, C) residual layout directly, one batched matmul per layer with
 the bias fused (``baddbmm``), instead of transposing to (B, C, N) and back around two Linear layers; the stem
 output is made contiguous once so the residual stream stays contiguous. Results equal timm's to float
-rounding.
+rounding. Each of those matmuls is the forward of its own layer (``TokenDense``), called as a module, so module
+hooks see every use of every weight: DeepSpeed ZeRO-3 gathers a partitioned weight in its layer's pre-forward
+hook, also in a forward that does not go through the engine (an evaluation's ``forward_features``).
 """
 
 from typing import Literal
@@ -64,11 +66,34 @@ class PatchStem(nn.Module):
         return rearrange(self.proj(x), "b c h w -> b (h w) c").contiguous()
 
 
+class TokenDense:
+    """A Linear layer (a mixin before an ``nn.Linear`` class) applied across the token axis of the (B, N, C) layout:
+    (B, in_features, C) -> (B, out_features, C), one batched matmul with the bias fused, no transposes."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.expand(x.shape[0], -1, -1)
+        return torch.matmul(weight, x) if self.bias is None else torch.baddbmm(self.bias[:, None], weight, x)
+
+
+class TokenLecunDense(TokenDense, LecunDense):
+    """``LecunDense`` across tokens."""
+
+
+class TokenXavierDense(TokenDense, XavierDense):
+    """``XavierDense`` across tokens."""
+
+
+_TOKEN_DENSE = {"flax": TokenLecunDense, "timm": TokenXavierDense}
+
+
 class TokenMixingMlp(nn.Module):
     """MLP across tokens, shared by all channels: (B, N, C) -> (B, N, C).
 
-    ``fc1`` (N -> hidden) and ``fc2`` (hidden -> N) are Linear layers as in timm, applied to each channel's
-    column of tokens with a batched matmul on the (B, N, C) layout, so no transposes are needed.
+    ``fc1`` (N -> hidden) and ``fc2`` (hidden -> N) are Linear layers as in timm (``TokenDense``), applied to each
+    channel's column of tokens with a batched matmul on the (B, N, C) layout, so no transposes are needed.
     """
 
     def __init__(self, num_tokens: int, hidden: int, dense: type[nn.Linear], gelu: str, drop: float) -> None:
@@ -79,11 +104,8 @@ class TokenMixingMlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        h = torch.baddbmm(self.fc1.bias[:, None], self.fc1.weight.expand(batch, -1, -1), x)  # (B, hidden, C)
-        h = self.drop(F.gelu(h, approximate=self.approximate))
-        out = torch.baddbmm(self.fc2.bias[:, None], self.fc2.weight.expand(batch, -1, -1), h)  # (B, N, C)
-        return self.drop(out)
+        h = self.drop(F.gelu(self.fc1(x), approximate=self.approximate))  # (B, hidden, C)
+        return self.drop(self.fc2(h))  # (B, N, C)
 
 
 class ChannelMixingMlp(nn.Module):
@@ -110,16 +132,16 @@ class MixerBlock(nn.Module):
         dim: int,
         tokens_dim: int,
         channels_dim: int,
-        dense: type[nn.Linear],
+        init: InitScheme,
         gelu: str,
         drop: float,
         drop_path: float,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.mlp_tokens = TokenMixingMlp(num_tokens, tokens_dim, dense, gelu, drop)
+        self.mlp_tokens = TokenMixingMlp(num_tokens, tokens_dim, _TOKEN_DENSE[init], gelu, drop)
         self.norm2 = nn.LayerNorm(dim, eps=_LN_EPS)
-        self.mlp_channels = ChannelMixingMlp(dim, channels_dim, dense, gelu, drop)
+        self.mlp_channels = ChannelMixingMlp(dim, channels_dim, _DENSE[init], gelu, drop)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +192,7 @@ class MlpMixer(nn.Module):
         self.blocks = nn.Sequential(
             *[
                 MixerBlock(
-                    self.num_tokens, embed_dim, tokens_dim, channels_dim, _DENSE[init], gelu, drop_rate, rate
+                    self.num_tokens, embed_dim, tokens_dim, channels_dim, init, gelu, drop_rate, rate
                 )
                 for rate in rates
             ]

@@ -122,8 +122,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike, drop_head: bool = Fa
     model.load_state_dict(state, strict=not drop_head)
 
 
-def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write a model's (or a state dict's) tensors to ``path`` (.safetensors) atomically.
+def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: Mapping[str, str] | None = None) -> None:
+    """Write a model's (or a state dict's) tensors to ``path`` (.safetensors) atomically, with ``metadata`` (strings)
+    in its header beside ``format: pt``.
 
     Loadable by load_weights and by timm.
     """
@@ -133,7 +135,7 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.P
     state = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
+        save_file(tensors, tmp, metadata={**(metadata or {}), "format": "pt"})
 
 
 def read_weights(path: str | os.PathLike, mixer: bool = True) -> dict[str, torch.Tensor]:
