@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import torch.distributed as dist  # noqa: E402
 
-from pretrain.distributed import detect_env, init_distributed  # noqa: E402
-from pretrain.preemption import PreemptionFlag, any_rank_requested  # noqa: E402
+from pretrain.cluster.distributed import detect_env, init_distributed  # noqa: E402
+from pretrain.cluster.preemption import PreemptionFlag, any_rank_requested  # noqa: E402
 
 
 def main() -> None:

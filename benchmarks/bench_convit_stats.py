@@ -10,7 +10,7 @@ import time
 import timm
 import torch
 
-from pretrain.convit_stats import convit_scalars
+from pretrain.telemetry.convit_stats import convit_scalars
 
 
 def _seconds(fn) -> float:

@@ -7,7 +7,7 @@ linear probes, train digits as the shots' pool, scored on the val digits). Round
 tasks: N training steps (`next(run.data)` + `run.engine.step`), one `val` evaluation, one `fs` evaluation, each
 evaluator called as the run calls it (`evaluator(run.engine.module, run.preprocess)`); medians over the rounds. From
 them: seconds per training step and per evaluation, and the share of wall time spent evaluating when both evaluators
-run every K steps. The matmul peak is measured in the same run (`pretrain.mfu.measure_peak_flops`).
+run every K steps. The matmul peak is measured in the same run (`pretrain.telemetry.mfu.measure_peak_flops`).
 
 (2) Projected from FLOPs, computed here (nothing hand-written): the model and batch of configs/mixer_l16.yaml (the
 paper's Mixer-L/16 pretraining, 224 px, global batch 4096), `mixer_flops_per_image` for the forward; a training step
@@ -38,14 +38,14 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pretrain.cluster.distributed import detect_env, init_distributed, shutdown_distributed  # noqa: E402
+from pretrain.components.engine import DTYPES  # noqa: E402
 from pretrain.config import PretrainConfig, load_config  # noqa: E402
 from pretrain.config.errors import ConfigError  # noqa: E402
-from pretrain.distributed import detect_env, init_distributed, shutdown_distributed  # noqa: E402
-from pretrain.engine import DTYPES  # noqa: E402
 from pretrain.evaluators.fewshot_lsr import fewshot_accuracy  # noqa: E402
-from pretrain.mfu import PEAK_FLOPS, TRAIN_FLOPS_PER_FORWARD, measure_peak_flops, peak_flops  # noqa: E402
 from pretrain.models import MlpMixer, create_model, is_mixer, mixer_flops_per_image  # noqa: E402
 from pretrain.run import Run  # noqa: E402
+from pretrain.telemetry.mfu import PEAK_FLOPS, TRAIN_FLOPS_PER_FORWARD, measure_peak_flops, peak_flops  # noqa: E402
 
 WARMUP_STEPS = 2  # kernel selection, the train loader's start; each evaluator also runs once (its loader's workers)
 
@@ -241,7 +241,7 @@ def projected_model(args: argparse.Namespace) -> tuple[PretrainConfig, MlpMixer]
     if not is_mixer(model):
         raise ConfigError(f"{args.project_config}: model {m.name!r} is not an MLP-Mixer (FLOPs from its shapes)")
     if DTYPES[pcfg.train.precision] not in PEAK_FLOPS[args.assume_device]:
-        raise ConfigError(f"{args.assume_device} has no {pcfg.train.precision} peak in pretrain/mfu.py")
+        raise ConfigError(f"{args.assume_device} has no {pcfg.train.precision} peak in pretrain/telemetry/mfu.py")
     return pcfg, model
 
 

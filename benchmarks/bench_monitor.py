@@ -10,10 +10,10 @@ import time
 import timm
 import torch
 
-from pretrain.memory import memory_stats
-from pretrain.mfu import forward_flops_per_image, measure_peak_flops
-from pretrain.monitor import Monitor
-from pretrain.weight_images import stem_filters_image, token_mixing_image
+from pretrain.telemetry.memory import memory_stats
+from pretrain.telemetry.mfu import forward_flops_per_image, measure_peak_flops
+from pretrain.telemetry.monitor import Monitor
+from pretrain.telemetry.weight_images import stem_filters_image, token_mixing_image
 
 
 def _per_call(fn, repeats: int) -> float:

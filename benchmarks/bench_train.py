@@ -27,14 +27,14 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from pretrain.cluster.distributed import detect_env, init_distributed  # noqa: E402
+from pretrain.components.engine import DTYPES  # noqa: E402
+from pretrain.components.train_data import TrainData  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.data import normalize_on_device  # noqa: E402
-from pretrain.distributed import detect_env, init_distributed  # noqa: E402
-from pretrain.engine import DTYPES  # noqa: E402
-from pretrain.mfu import mfu, peak_flops  # noqa: E402
 from pretrain.models import mixer_flops_per_image  # noqa: E402
 from pretrain.run import Run  # noqa: E402
-from pretrain.train_data import TrainData  # noqa: E402
+from pretrain.telemetry.mfu import mfu, peak_flops  # noqa: E402
 
 TIMM_NAMES = {"mixer_s16": "mixer_s16_224", "mixer_s32": "mixer_s32_224", "mixer_b16": "mixer_b16_224",
               "mixer_b32": "mixer_b32_224", "mixer_l16": "mixer_l16_224", "mixer_l32": "mixer_l32_224"}

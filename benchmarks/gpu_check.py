@@ -16,7 +16,7 @@ out of time becomes a FAILED row (the reason in its notes, its output in the log
  2. training-step throughput of our mixer_b16 (batch 128) and mixer_l16 (batch 64) against timm's MlpMixer with
     the same weights, torch AMP bf16, 224 px, plain AdamW, alternating rounds in one process (benchmarks/
     bench_model.py's step), eager and torch.compile'd alike: img/s, TFLOP/s (3 x mixer_flops_per_image), MFU
-    of the bf16 matmul peak measured in the same process (pretrain.mfu.measure_peak_flops), ours/timm;
+    of the bf16 matmul peak measured in the same process (pretrain.telemetry.mfu.measure_peak_flops), ours/timm;
  3. the trainer (pretrain.run.Run, stepped as Run.run steps it) for Mixer-L/16 with the L/16 recipe on the JPEG
     shards at 224 px, ZeRO-1 and ZeRO-3, activation checkpointing off and on: img/s, MFU, data wait, peak
     memory, read back from the run's TensorBoard scalars;
@@ -731,7 +731,7 @@ def worker_throughput(spec: dict[str, Any], results: Results) -> None:
     FAILED row; the next runs)."""
     import torch
 
-    from pretrain.mfu import PEAK_FLOPS, device_model, measure_peak_flops
+    from pretrain.telemetry.mfu import PEAK_FLOPS, device_model, measure_peak_flops
 
     device = torch.device(spec["device"])
     t0 = time.perf_counter()
@@ -742,7 +742,8 @@ def worker_throughput(spec: dict[str, Any], results: Results) -> None:
         model = device_model(torch.cuda.get_device_name(device))
         table = f"; data sheet {PEAK_FLOPS[model][torch.bfloat16] / 1e12:.0f} ({model})" if model else ""
     if not spec["compile"]:
-        results.add(row("2", "bf16 matmul peak (pretrain.mfu.measure_peak_flops)", s=seconds, tflops=peak[0] / 1e12,
+        results.add(row("2", "bf16 matmul peak (pretrain.telemetry.mfu.measure_peak_flops)", s=seconds,
+                        tflops=peak[0] / 1e12,
                         notes=f"{'4096' if device.type == 'cuda' else '1024'}^2 matmuls, best of 0.3 s{table}",
                         peak=True))
     for role, name, img, batch in spec["models"]:
@@ -764,8 +765,8 @@ def ours_vs_timm(spec: dict[str, Any], device: Any, role: str, name: str, img: i
     import torch
 
     from benchmarks.bench_model import WARMUP_STEPS, images_per_second, make_step, sync
-    from pretrain.mfu import measure_peak_flops
     from pretrain.models import create_model, mixer_flops_per_image
+    from pretrain.telemetry.mfu import measure_peak_flops
 
     mode, backend = ("compiled" if spec["compile"] else "eager"), spec["backend"]
     t0 = time.perf_counter()
@@ -851,7 +852,7 @@ def worker_trainer(spec: dict[str, Any], results: Results) -> None:
     setup_logging()
     import torch
 
-    from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
+    from pretrain.cluster.distributed import detect_env, init_distributed, shutdown_distributed
 
     env = detect_env()
     init_distributed(env)
@@ -877,7 +878,7 @@ def train_briefly(spec: dict[str, Any], env: Any) -> dict[str, Any]:
 
     from pretrain.config import PretrainConfig, load_config
     from pretrain.run import Run
-    from pretrain.throughput import StepTimer
+    from pretrain.telemetry.throughput import StepTimer
 
     cfg = load_config(ROOT / L16_RECIPE, PretrainConfig, trainer_overrides(spec))
     run_dir = Path(spec["run_dir"])
@@ -930,13 +931,14 @@ def train_briefly(spec: dict[str, Any], env: Any) -> dict[str, Any]:
 
 
 def worker_loader(spec: dict[str, Any], results: Results) -> None:
-    """The train loader of the L/16 recipe (pretrain.train_data.TrainData) alone: img/s and img per CPU-second."""
+    """The train loader of the L/16 recipe (pretrain.components.train_data.TrainData) alone: img/s and img per
+    CPU-second."""
     import torch
 
     from benchmarks import bench_input
+    from pretrain.cluster.distributed import detect_env
+    from pretrain.components.train_data import TrainData
     from pretrain.config import PretrainConfig, load_config
-    from pretrain.distributed import detect_env
-    from pretrain.train_data import TrainData
 
     if not Path(f"/proc/self/task/{os.getpid()}/children").is_file():  # gVisor and some container kernels
         bench_input._children_cpu = children_cpu_psutil

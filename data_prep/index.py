@@ -22,8 +22,8 @@ import re
 import tarfile
 from dataclasses import dataclass
 
-from data_prep.atomic import atomic_write_text
 from data_prep.errors import DataPrepError
+from fileio.atomic import atomic_write_text
 
 INDEX_SUFFIX = ".idx"
 MAGIC = "#mixer-shard-index"

@@ -14,8 +14,8 @@ import json
 import os
 import re
 
-from data_prep.atomic import atomic_write_json
 from data_prep.errors import DataPrepError
+from fileio.atomic import atomic_write_json
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 
-from data_prep.atomic import is_temp_name, sha256_file
 from data_prep.errors import DataPrepError
 from data_prep.index import INDEX_SUFFIX
 from data_prep.manifest import MANIFEST_NAME, SHARD_NAME_RE, shard_name
 from data_prep.shards import ShardInfo
 from data_prep.state import STATE_DIR, BlockRecord, BuildState
+from fileio.atomic import is_temp_name, sha256_file
 
 
 def _ours(name: str) -> bool:

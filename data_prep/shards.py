@@ -13,7 +13,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 
-from data_prep.atomic import commit, temp_path
+from fileio.atomic import commit, temp_path
 
 BLOCK = tarfile.BLOCKSIZE  # 512: header size and data padding unit
 RECORD = tarfile.RECORDSIZE  # 10240: a stream-mode tar file is padded to a multiple of this

@@ -13,8 +13,8 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from data_prep.atomic import atomic_write_json, is_temp_name
 from data_prep.shards import ShardInfo
+from fileio.atomic import atomic_write_json, is_temp_name
 
 STATE_DIR = ".data_prep"
 

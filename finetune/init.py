@@ -6,7 +6,7 @@ from the token-mixing weight shapes, expands the token-mixing MLPs when the mode
 resolution (``finetune.resolution``), drops the head when its class count differs from the model's
 (the model's head is then zeroed, as in the official fine-tuning code), and loads strictly otherwise.
 
-``read_state_dict`` finds the weights of a run or checkpoint dir (``pretrain.checkpoint.resolve_weights``)
+``read_state_dict`` finds the weights of a run or checkpoint dir (``pretrain.components.checkpoint.resolve_weights``)
 and reads every weights format through ``pretrain.models.read_weights`` (.safetensors, timm .pth, Flax .npz for
 Mixers only).
 """
@@ -33,7 +33,7 @@ from finetune.resolution import (
     state_dict_grid,
 )
 from finetune.timm_init import BackboneInitReport, load_timm_init
-from pretrain.checkpoint import CheckpointError, resolve_weights
+from pretrain.components.checkpoint import CheckpointError, resolve_weights
 from pretrain.models import WeightsError, is_mixer, read_weights
 from pretrain.models.weights import STEM_WEIGHT
 

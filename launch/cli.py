@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pretrain.distributed import add_launcher_arguments
+from pretrain.cluster.distributed import add_launcher_arguments
 
 USAGE_EXIT = 2
 
@@ -17,14 +17,14 @@ USAGE_EXIT = 2
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean 'the user asked for something wrong', shown as one line."""
     from finetune.errors import FinetuneError
-    from pretrain.checkpoint import CheckpointError
+    from pretrain.cluster.errors import DistributedSetupError, RankFailedError
+    from pretrain.components.checkpoint import CheckpointError
+    from pretrain.components.run_dir import RunDirError
     from pretrain.config import ConfigError
     from pretrain.data import DataError
-    from pretrain.distributed import DistributedSetupError, RankFailedError
     from pretrain.evaluators.errors import EvalError
     from pretrain.models import WeightsError
     from pretrain.run import TrainingError
-    from pretrain.run_dir import RunDirError
 
     return (ConfigError, DataError, WeightsError, CheckpointError, TrainingError, FinetuneError, EvalError,
             DistributedSetupError, RankFailedError, RunDirError)
@@ -35,7 +35,7 @@ def rank() -> int:
 
 
 def setup_logging() -> None:
-    from pretrain.console import name_accelerator
+    from pretrain.telemetry.console import name_accelerator
 
     name_accelerator()
     logging.basicConfig(level=logging.INFO if rank() == 0 else logging.WARNING,

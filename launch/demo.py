@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python launch/d
 
 from launch.local import BIN, DIGITS, ROOT, build_digits, distributed, sh
 
-FINAL, METRICS = "final.safetensors", "metrics.json"  # pretrain.checkpoint's and pretrain.run's names
+FINAL, METRICS = "final.safetensors", "metrics.json"  # pretrain.components.checkpoint's and pretrain.run's names
 
 # The pretraining's evaluators (the paper's Figure 2/4 curves, at demo scale): validation accuracy and 5-shot, named
 # as the fine-tune stage names its own (`val`, `fewshot`) so both stages' curves share TensorBoard's charts.

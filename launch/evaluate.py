@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `deepspeed launch/x.py` puts launch/ on sys.path
 
 from launch.cli import rank, run_main, summary_line
-from pretrain.distributed import add_launcher_arguments
+from pretrain.cluster.distributed import add_launcher_arguments
 
 EVAL_DIR = "eval"
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune.config import load_finetune_config
     from pretrain.config import ConfigError
-    from pretrain.console import quiet_deepspeed_logger, quiet_libraries, start_up_prints
+    from pretrain.telemetry.console import quiet_deepspeed_logger, quiet_libraries, start_up_prints
 
     overrides = [*args.set, f"init.path={args.checkpoint}", "fewshot.weights=[trained]"]
     overrides += [f"data.val={args.data}"] if args.data else []
@@ -78,15 +78,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from finetune.init import load_init
     from finetune.stage import EVAL_KEYS, check_init, default_evals
+    from pretrain.cluster.distributed import detect_env, init_distributed, shutdown_distributed
+    from pretrain.components.engine import DTYPES, evaluation_module
+    from pretrain.components.run_dir import METRICS, check_eval_dir
     from pretrain.config.preflight import evals_key, preflight
     from pretrain.data import device_preprocess
-    from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
-    from pretrain.engine import DTYPES, evaluation_module
     from pretrain.evaluators.build import build_evaluators
     from pretrain.evaluators.runner import Evaluations
-    from pretrain.monitor import Monitor
     from pretrain.run import build_model
-    from pretrain.run_dir import METRICS, check_eval_dir
+    from pretrain.telemetry.monitor import Monitor
 
     specs = {**default_evals(cfg), **cfg.evals}
     if not specs:

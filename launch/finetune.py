@@ -12,12 +12,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `deepspeed launch/x.py` puts launch/ on sys.path
 
-from pretrain.preemption import PreemptionFlag
+from pretrain.cluster.preemption import PreemptionFlag
 
 PREEMPTION = PreemptionFlag()  # first thing: Slurm's SIGUSR1/SIGTERM during the imports and set-up are kept
 
 from launch.cli import rank, run_dir_for, run_main, run_parser, summary_line  # noqa: E402  (imports torch)
-from pretrain.console import quiet_libraries  # noqa: E402
+from pretrain.telemetry.console import quiet_libraries  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_finetune_config(args.config, args.set)  # before the slow imports: a typo fails at once
     quiet_libraries(cfg.logging.verbose)  # before DeepSpeed is imported
     from finetune.stage import FINETUNE
-    from pretrain.checkpoint import FINAL
+    from pretrain.components.checkpoint import FINAL
     from pretrain.run import METRICS, train
 
     run_dir = run_dir_for(args.config, args.run_dir)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `deepspeed launch/x.py` puts launch/ on sys.path
 
-from pretrain.preemption import PreemptionFlag
+from pretrain.cluster.preemption import PreemptionFlag
 
 PREEMPTION = PreemptionFlag()  # first thing: Slurm's SIGUSR1/SIGTERM during the imports and set-up are kept
 
 from launch.cli import run_dir_for, run_main, run_parser  # noqa: E402  (imports torch)
-from pretrain.console import quiet_libraries  # noqa: E402
+from pretrain.telemetry.console import quiet_libraries  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

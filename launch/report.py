@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import logging
 
-    from data_prep.atomic import atomic_write_text
+    from fileio.atomic import atomic_write_text
     from pretrain.report.html import render
     from pretrain.report.runs import read_run
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python launch/x
 
 import yaml
 
-from data_prep.atomic import atomic_write_text
+from fileio.atomic import atomic_write_text
 from launch.cli import run_main
 from launch.local import DIGITS, ROOT, build_digits, distributed, sh
 from pretrain.config import ConfigError, load_config

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from finetune.init import read_state_dict
     from pretrain.models import mixer_for_weights
-    from pretrain.weight_images import save_png, stem_filters_image, token_mixing_image
+    from pretrain.telemetry.weight_images import save_png, stem_filters_image, token_mixing_image
 
     checkpoint = Path(args.checkpoint)
     state = read_state_dict(checkpoint)

@@ -19,15 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrain.checkpoint import FINAL, FINAL_EMA, Checkpointer
-from pretrain.config import PretrainConfig, check_against_world, save_config, to_dict
-from pretrain.config.preflight import evals_key, preflight
-from pretrain.config.schema import EvalSpec
-from pretrain.config.startup import check_warmup, check_workers
-from pretrain.console import describe_env, quiet_deepspeed_logger, start_up_prints
-from pretrain.convit_stats import convit_scalars, gpsa_layers
-from pretrain.data import MixupPerStep, check_head_classes, device_preprocess
-from pretrain.distributed import (
+from pretrain.cluster.distributed import (
     PEER_LOST_EXIT_CODE,
     DistEnv,
     detect_env,
@@ -35,24 +27,32 @@ from pretrain.distributed import (
     is_peer_lost,
     shutdown_distributed,
 )
-from pretrain.ema import EMA
-from pretrain.engine import Engine, StepResult
+from pretrain.cluster.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionFlag, any_rank_requested, watched
+from pretrain.components.checkpoint import FINAL, FINAL_EMA, Checkpointer
+from pretrain.components.ema import EMA
+from pretrain.components.engine import Engine, StepResult
+from pretrain.components.export import export_weights
+from pretrain.components.masters import Masters
+from pretrain.components.rng_state import RNGStates
+from pretrain.components.run_dir import METRICS, claim
+from pretrain.components.run_length import resolve_run_length, resolved_config
+from pretrain.components.train_data import TrainData, skipped_samples
+from pretrain.components.train_state import TrainState
+from pretrain.config import PretrainConfig, check_against_world, save_config, to_dict
+from pretrain.config.preflight import evals_key, preflight
+from pretrain.config.schema import EvalSpec
+from pretrain.config.startup import check_warmup, check_workers
+from pretrain.data import MixupPerStep, check_head_classes, device_preprocess
 from pretrain.evaluators.build import build_evaluators
 from pretrain.evaluators.runner import Evaluations
-from pretrain.export import export_weights
-from pretrain.masters import Masters
-from pretrain.memory import memory_stats
-from pretrain.mfu import forward_flops_per_image, mfu, peak_flops
 from pretrain.models import create_model, is_mixer, mixer_flops_per_image, save_weights
-from pretrain.monitor import Monitor
-from pretrain.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionFlag, any_rank_requested, watched
-from pretrain.rng_state import RNGStates
-from pretrain.run_dir import METRICS, claim
-from pretrain.run_length import resolve_run_length, resolved_config
-from pretrain.throughput import StepTimer
-from pretrain.train_data import TrainData, skipped_samples
-from pretrain.train_state import TrainState
-from pretrain.weight_images import legible, token_mixing_image
+from pretrain.telemetry.console import describe_env, quiet_deepspeed_logger, start_up_prints
+from pretrain.telemetry.convit_stats import convit_scalars, gpsa_layers
+from pretrain.telemetry.memory import memory_stats
+from pretrain.telemetry.mfu import forward_flops_per_image, mfu, peak_flops
+from pretrain.telemetry.monitor import Monitor
+from pretrain.telemetry.throughput import StepTimer
+from pretrain.telemetry.weight_images import legible, token_mixing_image
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def train(cfg: PretrainConfig, run_dir: Path, resume: bool, stage: Stage = PRETR
           preemption: PreemptionFlag | None = None, overwrite: bool = False) -> TrainResult:
     """Run (or resume) the configured stage in `run_dir`. `preemption`: the flag the entry point set up first thing
     (made here otherwise). A run dir that holds a run is resumed (`resume`), moved aside (`overwrite`) or refused
-    (`pretrain.run_dir`)."""
+    (`pretrain.components.run_dir`)."""
     env = detect_env()
     claim(run_dir, resume=resume, overwrite=overwrite, rank=env.rank)  # every rank, before any rank writes
     check_before_start(cfg, stage, env)  # a mistake is one line in seconds, before the process group starts

@@ -19,8 +19,8 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from pretrain.convit_stats import convit_scalars, gpsa_layers  # noqa: E402
-from pretrain.distributed import add_launcher_arguments, detect_env, init_distributed  # noqa: E402
+from pretrain.cluster.distributed import add_launcher_arguments, detect_env, init_distributed  # noqa: E402
+from pretrain.telemetry.convit_stats import convit_scalars, gpsa_layers  # noqa: E402
 
 
 def main() -> None:

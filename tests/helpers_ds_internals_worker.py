@@ -1,5 +1,5 @@
-"""One process: tiny real DeepSpeed engines, checked for every private part `pretrain/ds_internals.py` relies on;
-prints one JSON object {check: true/false or a value} for tests/test_ds_internals.py.
+"""One process: tiny real DeepSpeed engines, checked for every private part `pretrain/components/ds_internals.py`
+relies on; prints one JSON object {check: true/false or a value} for tests/test_ds_internals.py.
 
     python tests/helpers_ds_internals_worker.py layout OUT_DIR        # CPU: ZeRO 0/1/3, fp32 and bf16
     python tests/helpers_ds_internals_worker.py loss_scale OUT_DIR    # CUDA: fp16 ZeRO-0 <-> ZeRO-1 resumes
@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from pretrain import ds_internals as dsi
-from pretrain.checkpoint import Checkpointer
+from pretrain.cluster.distributed import detect_env, free_port, init_distributed, shutdown_distributed
+from pretrain.components import ds_internals as dsi
+from pretrain.components.checkpoint import Checkpointer
+from pretrain.components.engine import Engine
+from pretrain.components.export import export_weights
+from pretrain.components.run_length import RunLength
+from pretrain.components.universal.files import WEIGHTS
 from pretrain.config import PretrainConfig, load_config
-from pretrain.distributed import detect_env, free_port, init_distributed, shutdown_distributed
-from pretrain.engine import Engine
-from pretrain.export import export_weights
 from pretrain.models import create_model
-from pretrain.run_length import RunLength
-from pretrain.universal.files import WEIGHTS
 
 
 def engine(stage: int, precision: str, env) -> Engine:
@@ -112,9 +112,9 @@ def carry(out: Path, kept: dict) -> dict:
     converted; each copy is repaired into the other stage's live engine, its scaler made dynamic as under fp16."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler
 
-    from pretrain.universal.convert import convert
-    from pretrain.universal.files import LOSS_SCALE, read_optimizer_state
-    from pretrain.universal.load import repair
+    from pretrain.components.universal.convert import convert
+    from pretrain.components.universal.files import LOSS_SCALE, read_optimizer_state
+    from pretrain.components.universal.load import repair
 
     (zero0, folder0), (zero1, folder1) = kept["zero0_bf16"], kept["zero1_fp32"]
     states = torch.load(folder0 / dsi.MODEL_STATES, map_location="cpu", weights_only=False)

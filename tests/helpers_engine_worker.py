@@ -13,11 +13,11 @@ import sys
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
 
+from pretrain.cluster.distributed import detect_env, free_port, init_distributed, shutdown_distributed
+from pretrain.components.engine import Engine
+from pretrain.components.run_length import RunLength
 from pretrain.config import PretrainConfig, load_config
-from pretrain.distributed import detect_env, free_port, init_distributed, shutdown_distributed
-from pretrain.engine import Engine
 from pretrain.models import create_model
-from pretrain.run_length import RunLength
 
 
 def master(engine: Engine) -> torch.Tensor:

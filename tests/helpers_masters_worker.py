@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
 
+from pretrain.cluster.distributed import detect_env, free_port, init_distributed, shutdown_distributed
+from pretrain.components.ema import EMA
+from pretrain.components.engine import Engine
+from pretrain.components.export import export_weights
+from pretrain.components.masters import Masters
+from pretrain.components.run_length import RunLength
 from pretrain.config import PretrainConfig, load_config
-from pretrain.distributed import detect_env, free_port, init_distributed, shutdown_distributed
-from pretrain.ema import EMA
-from pretrain.engine import Engine
-from pretrain.export import export_weights
-from pretrain.masters import Masters
 from pretrain.models import create_model
-from pretrain.run_length import RunLength
 
 DECAY = 0.999
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, whatever the cwd
 
-from pretrain.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested  # noqa: E402
+from pretrain.cluster.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested  # noqa: E402
 
 
 def main() -> int:

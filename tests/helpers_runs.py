@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from safetensors.torch import load_file
 
-from pretrain.distributed import free_port
+from pretrain.cluster.distributed import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, whatever the cwd
 
-from pretrain.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag  # noqa: E402
+from pretrain.cluster.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag  # noqa: E402
 
 PREEMPTION = PreemptionFlag()
 

@@ -49,7 +49,7 @@ def signal_at(step: int) -> None:
 
 
 def signal_in_save() -> None:
-    from pretrain.checkpoint import Checkpointer
+    from pretrain.components.checkpoint import Checkpointer
 
     real, sent = Checkpointer.save, []
 

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from data_prep.atomic import (
+from fileio.atomic import (
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,

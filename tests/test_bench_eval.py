@@ -53,4 +53,4 @@ def test_benchmark_bad_arguments_exit_2_with_one_line(capsys):
     assert main(["--set", "optim.lrr=1"]) == 2
     assert capsys.readouterr().err == "bench_eval: `optim.lrr`: unknown key; did you mean `optim.lr`?\n"
     assert main(["--assume-device", "V100"]) == 2  # the projection is checked before anything is measured
-    assert capsys.readouterr().err == "bench_eval: V100 has no bf16 peak in pretrain/mfu.py\n"
+    assert capsys.readouterr().err == "bench_eval: V100 has no bf16 peak in pretrain/telemetry/mfu.py\n"

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from pretrain.checkpoint import Checkpointer
+from pretrain.components.checkpoint import Checkpointer
 from tests.helpers_runs import failure, run, write_config
 
 

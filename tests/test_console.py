@@ -9,9 +9,9 @@ import re
 
 import torch
 
+from pretrain.cluster.distributed import detect_env
 from pretrain.config import PretrainConfig
-from pretrain.console import describe_env, quiet_deepspeed_logger, quiet_libraries, start_up_prints
-from pretrain.distributed import detect_env
+from pretrain.telemetry.console import describe_env, quiet_deepspeed_logger, quiet_libraries, start_up_prints
 from tests.helpers_runs import build_digits, failure, run, write_config
 
 NOISE = ("Setting accelerator to CPU", "No CUDA runtime is found", "CPU Virtual Memory", "MA ", "built successfully",

@@ -7,8 +7,8 @@ import pytest
 import timm
 import torch
 
-from pretrain.convit_stats import convit_scalars, gpsa_layers
 from pretrain.models import create_model
+from pretrain.telemetry.convit_stats import convit_scalars, gpsa_layers
 from tests.helpers_runs import failure, run
 
 GRID = 8  # convit_tiny at 32 px with 4 px patches

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.distributed import (
+from pretrain.cluster.distributed import (
     DistEnv,
     add_launcher_arguments,
     check_device,

@@ -3,7 +3,7 @@
 import pytest
 
 from pretrain.config import ConfigError, PretrainConfig
-from pretrain.ds_config import deepspeed_config, merge
+from pretrain.config.deepspeed import deepspeed_config, merge
 
 
 def config(**train) -> PretrainConfig:

@@ -1,6 +1,6 @@
-"""What `pretrain/ds_internals.py` takes from DeepSpeed's private parts still holds for the installed DeepSpeed: file
-names, state-dict keys, attributes and signatures, on tiny real engines (ZeRO 0/1/3, fp32 and bf16). A DeepSpeed
-upgrade that changes one fails here by name. And the dynamic fp16 loss scale survives a resume into and out of
+"""What `pretrain/components/ds_internals.py` takes from DeepSpeed's private parts still holds for the installed
+DeepSpeed: file names, state-dict keys, attributes and signatures, on tiny real engines (ZeRO 0/1/3, fp32 and bf16). A
+DeepSpeed upgrade that changes one fails here by name. And the dynamic fp16 loss scale survives a resume into and out of
 ZeRO-0 (on a GPU; DeepSpeed has no fp16 on a CPU)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaleConfig
 from packaging.specifiers import SpecifierSet
 
-from pretrain import ds_internals as dsi
+from pretrain.components import ds_internals as dsi
 from tests.helpers_runs import ROOT, env
 
 WORKER = "tests/helpers_ds_internals_worker.py"
@@ -34,7 +34,7 @@ def facts(mode: str, out: Path) -> dict:
 def test_the_installed_deepspeed_is_in_the_pinned_range():
     [pin] = re.findall(r'"(deepspeed[^"]*)"', (ROOT / "pyproject.toml").read_text())
     assert deepspeed.__version__ in SpecifierSet(pin.removeprefix("deepspeed")), (
-        f"DeepSpeed {deepspeed.__version__} is outside {pin}: check pretrain/ds_internals.py against it "
+        f"DeepSpeed {deepspeed.__version__} is outside {pin}: check pretrain/components/ds_internals.py against it "
         "(tests/test_ds_internals.py), then move the pin")
 
 
@@ -48,7 +48,8 @@ def test_every_private_deepspeed_access_still_holds(layout):
     found = layout["internals"]
     assert len(found) == 48, sorted(found)
     broken = [name for name, ok in found.items() if ok is not True]
-    assert not broken, f"DeepSpeed {deepspeed.__version__} changed what pretrain/ds_internals.py relies on: {broken}"
+    assert not broken, (f"DeepSpeed {deepspeed.__version__} changed what pretrain/components/ds_internals.py relies "
+                        f"on: {broken}")
 
 
 def test_the_dynamic_loss_scale_goes_through_the_universal_copy_between_zero0_and_zero1(layout):

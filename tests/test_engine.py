@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from pretrain.schedule import lr_factor
+from pretrain.components.schedule import lr_factor
 from tests.helpers_runs import ROOT, env
 
 

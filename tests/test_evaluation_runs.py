@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pretrain.components.schedule import lr_factor
 from pretrain.config import ScheduleConfig
-from pretrain.schedule import lr_factor
 from tests.helpers_runs import failure, run, scalars, write_config
 from tests.helpers_shards import sample, write_dataset
 

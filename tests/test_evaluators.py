@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pretrain.cluster.preemption import Preempted, PreemptionFlag, watched
+from pretrain.components.ema import EMA
 from pretrain.config import ConfigError, PretrainConfig, load_config
 from pretrain.config.schema import EvalSpec
-from pretrain.ema import EMA
 from pretrain.evaluators.forward import evaluation_mode, logits_fp32, pre_logits
 from pretrain.evaluators.lockstep import lockstep
 from pretrain.evaluators.runner import Evaluations, scalars_of
 from pretrain.models import create_model
-from pretrain.monitor import Monitor
-from pretrain.preemption import Preempted, PreemptionFlag, watched
+from pretrain.telemetry.monitor import Monitor
 
 
 def test_the_head_is_applied_in_float32_to_bf16_features():

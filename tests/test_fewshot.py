@@ -148,10 +148,10 @@ def test_evaluator_forwards_only_the_shot_sets_and_matches_the_whole_pool_protoc
     """The shot sets are chosen by key from the shards' indices: the evaluator decodes and forwards their union (here
     at most 2 seeds x 3 shots x 10 classes of a 300-sample pool) and gets the accuracies of the whole-pool protocol
     (features of every pool sample in key order, then fewshot_accuracy)."""
+    from pretrain.cluster.distributed import DistEnv
     from pretrain.config import PretrainConfig
     from pretrain.config.schema import EvalSpec
     from pretrain.data import build_eval_loader, eval_transform, load_manifest
-    from pretrain.distributed import DistEnv
     from pretrain.evaluators.fewshot import FewshotEvaluator
     from tests.helpers_shards import write_dataset
 

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from pretrain.hostlist import expand_nodelist, parse_nodelist, parse_tasks_per_node
+from pretrain.cluster.hostlist import expand_nodelist, parse_nodelist, parse_tasks_per_node
 
 
 @pytest.mark.parametrize(

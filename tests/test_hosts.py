@@ -9,8 +9,9 @@ import time
 import pytest
 import torch
 
-from pretrain.distributed import DistEnv, DistributedSetupError, free_port
-from pretrain.hosts import check_loopback_hostname, check_master, layout_lines
+from pretrain.cluster.distributed import DistEnv, free_port
+from pretrain.cluster.errors import DistributedSetupError
+from pretrain.cluster.hosts import check_loopback_hostname, check_master, layout_lines
 from tests.helpers_runs import ROOT, build_digits, command, env, write_config
 
 BAD_MASTER = "no-such-node.invalid"  # .invalid never resolves (RFC 2606)

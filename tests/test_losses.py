@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.losses import LOSSES, classification_loss, smoothed_one_hot
+from pretrain.components.losses import LOSSES, classification_loss, smoothed_one_hot
 
 N, K = 6, 5
 

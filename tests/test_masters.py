@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pretrain.export import export_weights
+from pretrain.components.export import export_weights
 from pretrain.models import create_model
 from tests.helpers_runs import ROOT, env
 

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from pretrain import memory
-from pretrain.memory import memory_stats, rss_bytes
+from pretrain.telemetry import memory
+from pretrain.telemetry.memory import memory_stats, rss_bytes
 
 
 def test_cpu_reports_resident_set_that_grows_with_allocations():

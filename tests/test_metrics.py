@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from pretrain.distributed import free_port
+from pretrain.cluster.distributed import free_port
 from pretrain.evaluators.accuracy import EvalAccumulator, load_real_labels, write_metrics
 
 NUM_CLASSES, NUM_SAMPLES = 7, 101

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from pretrain.mfu import (
+from pretrain.telemetry.mfu import (
     PEAK_FLOPS,
     device_model,
     forward_flops_per_image,

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pretrain.monitor import Monitor, format_duration, format_progress
-from pretrain.throughput import ThroughputWindow
+from pretrain.telemetry.monitor import Monitor, format_duration, format_progress
+from pretrain.telemetry.throughput import ThroughputWindow
 
 
 def _events(run_dir):

@@ -4,8 +4,8 @@ model exempts (timm's no_weight_decay: position embedding, class token)."""
 import torch
 from torch import nn
 
+from pretrain.components.optim import build_optimizer, param_groups
 from pretrain.config import OptimConfig
-from pretrain.optim import build_optimizer, param_groups
 
 
 def test_no_decay_on_bias_and_norm():

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pretrain.distributed import PEER_LOST_EXIT_CODE, free_port
+from pretrain.cluster.distributed import PEER_LOST_EXIT_CODE, free_port
 from tests.helpers_runs import ROOT, build_digits, command, env, write_config
 
 PRETRAIN = "launch/pretrain.py"

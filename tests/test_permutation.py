@@ -13,6 +13,7 @@ from torch import nn
 
 from finetune.config import EvalConfig, FewshotConfig, FinetuneConfig
 from finetune.stage import default_evals
+from pretrain.cluster.distributed import detect_env
 from pretrain.config import (
     AugmentConfig,
     ConfigError,
@@ -23,7 +24,6 @@ from pretrain.config import (
     load_config,
 )
 from pretrain.data import FixedPermutation, device_preprocess, normalize_on_device
-from pretrain.distributed import detect_env
 from pretrain.evaluators.build import build_evaluators
 from pretrain.models import create_model
 from pretrain.models.permute_weights import permute_mixer_weights

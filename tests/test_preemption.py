@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested
+from pretrain.cluster.preemption import PREEMPTED_EXIT_CODE, PreemptionFlag, any_rank_requested
 
 WORKER = Path(__file__).resolve().parent / "helpers_preempt_worker.py"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pretrain.preemption import PREEMPTED_EXIT_CODE
+from pretrain.cluster.preemption import PREEMPTED_EXIT_CODE
 from tests.helpers_runs import ROOT, build_digits, command, env, failure, run, scalars, write_config
 from tests.test_preemption_runs import kill_group, wait_until_gone
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pretrain.distributed import free_port
-from pretrain.preemption import PREEMPTED_EXIT_CODE
+from pretrain.cluster.distributed import free_port
+from pretrain.cluster.preemption import PREEMPTED_EXIT_CODE
 from tests.helpers_runs import ROOT, command, env, failure, run, scalars, write_config
 
 PRETRAIN = "launch/pretrain.py"

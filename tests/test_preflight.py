@@ -14,8 +14,8 @@ import pytest
 import pretrain.run
 from finetune.config import FinetuneConfig, load_finetune_config
 from finetune.stage import FINETUNE
+from pretrain.cluster.distributed import detect_env
 from pretrain.config import ConfigError, PretrainConfig, load_config
-from pretrain.distributed import detect_env
 from pretrain.models import create_model, save_weights
 from pretrain.run import PRETRAIN, check_before_start, train
 from tests.helpers_data_prep import class_tree, good_images, write_files

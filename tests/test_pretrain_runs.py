@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from pretrain.checkpoint import Checkpointer, resolve_weights
+from pretrain.components.checkpoint import Checkpointer, resolve_weights
 from pretrain.models import create_model, load_weights
 from tests.helpers_runs import failure, final_weights, image_tags, run, scalars, start, write_config
 

@@ -18,9 +18,9 @@ from PIL import Image
 from launch.report import main
 from pretrain.config import ConfigError
 from pretrain.models import create_model
-from pretrain.monitor import Monitor
 from pretrain.report.svg import COLORS, ticks
-from pretrain.weight_images import legible, token_mixing_image
+from pretrain.telemetry.monitor import Monitor
+from pretrain.telemetry.weight_images import legible, token_mixing_image
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

@@ -1,4 +1,5 @@
-"""A run resumed on another world size and ZeRO stage, through DeepSpeed's universal checkpoint (pretrain/universal/).
+"""A run resumed on another world size and ZeRO stage, through DeepSpeed's universal checkpoint
+(pretrain/components/universal/).
 
 Pinned with real runs, launched as users launch them: the step-6 checkpoint of a 2-rank ZeRO-1 bf16 run resumes on
 1 rank with ZeRO-1, on 2 ranks with ZeRO-3 and on 1 rank with ZeRO-0 (bf16 accumulation, as that stage needs).
@@ -26,12 +27,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pretrain.checkpoint import Checkpointer, CheckpointError
+from pretrain.components.checkpoint import Checkpointer, CheckpointError
+from pretrain.components.rng_state import RNGStates, rng_state, seed_rank
+from pretrain.components.universal import engine_layout, layout_changes
+from pretrain.components.universal.convert import ensure_universal
+from pretrain.components.universal.files import read_param
 from pretrain.models import create_model
-from pretrain.rng_state import RNGStates, rng_state, seed_rank
-from pretrain.universal import engine_layout, layout_changes
-from pretrain.universal.convert import ensure_universal
-from pretrain.universal.files import read_param
 from tests.helpers_runs import ROOT, command, env, failure, scalars, write_config
 
 PRETRAIN = "launch/pretrain.py"

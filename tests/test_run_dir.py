@@ -1,6 +1,7 @@
 """A run dir that holds a run is resumed, moved aside on request, or refused before anything is written
-(pretrain/run_dir.py); pruning only removes the current run's checkpoints (pretrain/checkpoint.py); a resumed run's
-TensorBoard drops what the earlier attempt logged after the restored checkpoint (pretrain/monitor.py)."""
+(pretrain/components/run_dir.py); pruning only removes the current run's checkpoints
+(pretrain/components/checkpoint.py); a resumed run's TensorBoard drops what the earlier attempt logged after the
+restored checkpoint (pretrain/telemetry/monitor.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pretrain.checkpoint import Checkpointer, CheckpointError
-from pretrain.monitor import Monitor
-from pretrain.run_dir import RunDirError, check_eval_dir, claim
+from pretrain.components.checkpoint import Checkpointer, CheckpointError
+from pretrain.components.run_dir import RunDirError, check_eval_dir, claim
+from pretrain.telemetry.monitor import Monitor
 from tests.helpers_runs import ROOT, build_digits, env, failure, run, write_config
 
 PRETRAIN = "launch/pretrain.py"
@@ -90,7 +91,7 @@ def test_resume_auto_without_a_checkpoint_starts_a_new_run_and_says_so(tmp_path,
         (run_dir / "metrics.json").write_text("{}")  # an evaluation at step 0, made again by the new run
         (run_dir / "tensorboard").mkdir()
         (run_dir / "tensorboard" / "events.out.tfevents.1").write_text("e")
-    with caplog.at_level(logging.INFO, logger="pretrain.run_dir"):
+    with caplog.at_level(logging.INFO, logger="pretrain.components.run_dir"):
         claim(run_dir, resume=True, overwrite=False, rank=0)
         claim(run_dir, resume=True, overwrite=False, rank=1)  # rank 0 says it
     assert caplog.messages == [f"no checkpoint in {run_dir / 'checkpoints'}: starting a new run"]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.components.run_length import resolve_run_length, resolved_config
 from pretrain.config import ConfigError, PretrainConfig, load_config
-from pretrain.run_length import resolve_run_length, resolved_config
 
 
 def config(**sections) -> PretrainConfig:
@@ -39,7 +39,7 @@ def test_the_arithmetic_is_exact_for_the_decimal_written():
 
 def test_a_subset_run_sees_as_many_images_as_the_full_run(caplog):
     cfg = config(train__epochs=3.0, train__global_batch=100, schedule__warmup_steps=7)
-    with caplog.at_level(logging.INFO, logger="pretrain.run_length"):
+    with caplog.at_level(logging.INFO, logger="pretrain.components.run_length"):
         length = resolve_run_length(cfg, 1000, 100)
     assert (length.steps, length.warmup_steps) == (30, 7)
     assert caplog.messages == ["run length: 30 steps of 100 images = 3 epochs of the 1000 training samples "

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from pretrain.components.schedule import build_scheduler, lr_factor
 from pretrain.config import ScheduleConfig
-from pretrain.schedule import build_scheduler, lr_factor
 
 
 def test_warmup_then_linear_decay():

@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pretrain.cluster.preemption import PREEMPTED_EXIT_CODE, WORKER_SIGNALS, PreemptionFlag, worker_signals_blocked
 from pretrain.data import build_eval_loader, build_train_loader, eval_transform, load_manifest, train_transform
-from pretrain.preemption import PREEMPTED_EXIT_CODE, WORKER_SIGNALS, PreemptionFlag, worker_signals_blocked
 from tests.helpers_shards import write_dataset
 
 HELPER = Path(__file__).resolve().parent / "helpers_signal_loader.py"
@@ -233,7 +233,7 @@ def test_workers_end_when_their_main_process_is_killed(manifest):
 ORPHAN = """
 import ctypes, os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
-from pretrain.preemption import shield_worker
+from pretrain.cluster.preemption import shield_worker
 
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans below us become our children
 r, w = os.pipe()

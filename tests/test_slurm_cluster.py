@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.distributed import free_port
+from pretrain.cluster.distributed import free_port
 from tests.helpers_runs import final_weights
 from tests.helpers_slurm import SlurmCluster, SlurmUnavailable, wait_for
 

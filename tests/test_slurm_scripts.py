@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.distributed import PEER_LOST_EXIT_CODE
-from pretrain.preemption import PREEMPTED_EXIT_CODE
+from pretrain.cluster.distributed import PEER_LOST_EXIT_CODE
+from pretrain.cluster.preemption import PREEMPTED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_DIR = REPO / "launch" / "slurm"

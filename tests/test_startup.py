@@ -5,12 +5,12 @@ import logging
 
 import pytest
 
+from pretrain.components.run_length import RunLength, resolve_run_length
 from pretrain.config import ConfigError, PretrainConfig
 from pretrain.config.startup import check_warmup, check_workers, max_workers
 from pretrain.data import build_train_loader, load_manifest, train_transform
 from pretrain.data.manifest import Manifest, Shard
 from pretrain.data.streams import make_layout
-from pretrain.run_length import RunLength, resolve_run_length
 from tests.helpers_shards import write_dataset
 
 

@@ -16,8 +16,8 @@ from pretrain.config import PretrainConfig, load_config
 from pretrain.config.schema import EvalSpec
 from pretrain.evaluators.runner import Evaluations, scalars_of
 from pretrain.models import create_model
-from pretrain.monitor import Monitor
-from pretrain.weight_images import legible, token_mixing_image
+from pretrain.telemetry.monitor import Monitor
+from pretrain.telemetry.weight_images import legible, token_mixing_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from pretrain.throughput import StepTimer, ThroughputWindow
+from pretrain.telemetry.throughput import StepTimer, ThroughputWindow
 
 
 def _timer(times):

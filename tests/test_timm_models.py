@@ -9,12 +9,12 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from pretrain.components.export import export_weights, full_fp32_state_dict
+from pretrain.components.run_length import resolve_run_length
 from pretrain.config import ConfigError, PretrainConfig, load_config
-from pretrain.export import export_weights, full_fp32_state_dict
-from pretrain.mfu import forward_flops_per_image
 from pretrain.models import WeightsError, create_model, is_mixer, mixer_flops_per_image, read_weights
 from pretrain.run import build_model, model_flops_per_image
-from pretrain.run_length import resolve_run_length
+from pretrain.telemetry.mfu import forward_flops_per_image
 
 TINY = {"num_classes": 10, "img_size": 32, "patch_size": 4}
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from launch.visualize import main
 from pretrain.models import WeightsError, create_model, mixer_for_weights, save_weights
-from pretrain.weight_images import stem_filters_image, token_mixing_image
+from pretrain.telemetry.weight_images import stem_filters_image, token_mixing_image
 
 
 @pytest.mark.parametrize("name,overrides", [("mixer_demo", {"num_classes": 7}), ("mixer_s32", {"img_size": 64}),

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pretrain.weight_images import (
+from pretrain.telemetry.weight_images import (
     PANEL_GAP,
     TILE_GAP,
     normalize_symmetric,

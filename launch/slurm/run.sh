@@ -3,9 +3,9 @@
 #
 #   bash launch/slurm/run.sh PYTHON SCRIPT [ARGS...]      (from a batch script, in the repository root)
 #
-# Every task gets its rank from SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS (pretrain/distributed.py), so no hostfile
+# Every task gets its rank from SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS (pretrain/cluster/distributed.py), so no hostfile
 # is needed. When a task receives SIGUSR1 (time limit near) or SIGTERM (preemption, scancel, scontrol requeue), the
-# trainer saves a checkpoint and exits with PREEMPTED_EXIT_CODE (pretrain/preemption.py). This script then decides
+# trainer saves a checkpoint and exits with PREEMPTED_EXIT_CODE (pretrain/cluster/preemption.py). This script then decides
 # what follows from who sent the signal (docs/slurm.md, "Time limits and preemption"):
 #   - Slurm requeues the job itself (`scontrol requeue`, preemption in requeue mode): its restart count has gone up
 #     since this run started; nothing to do.
@@ -18,7 +18,7 @@ set -uo pipefail
 
 PREEMPTED_EXIT_CODE=75
 # A task lost contact with another (a rank died, its node was lost, or it hung past train.collective_timeout_s):
-# pretrain/distributed.py's PEER_LOST_EXIT_CODE. Requeued like a preemption; the job resumes from the last checkpoint.
+# pretrain/cluster/distributed.py's PEER_LOST_EXIT_CODE. Requeued like a preemption; the job resumes from the last checkpoint.
 PEER_LOST_EXIT_CODE=76
 # A run that keeps asking to be requeued without progress would loop forever; stop after this many restarts.
 MAX_REQUEUES=${MAX_REQUEUES:-100}

@@ -1,5 +1,6 @@
 """Typed, strict configuration: YAML files in configs/ loaded into dataclasses, overridable with `--set`."""
 
+from pretrain.config.batch import check_against_world
 from pretrain.config.errors import ConfigError
 from pretrain.config.loader import load_config, parse_override, save_config, to_dict
 from pretrain.config.schema import (
@@ -12,7 +13,6 @@ from pretrain.config.schema import (
     PretrainConfig,
     ScheduleConfig,
     TrainConfig,
-    check_against_world,
 )
 
 __all__ = [

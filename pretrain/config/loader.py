@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from data_prep.atomic import atomic_write_text
+from fileio.atomic import atomic_write_text
 from pretrain.config.errors import ConfigError
 
 T = TypeVar("T")

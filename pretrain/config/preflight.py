@@ -18,8 +18,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pretrain.config.batch import check_against_world
 from pretrain.config.errors import ConfigError
-from pretrain.config.schema import EvalSpec, PretrainConfig, check_against_world
+from pretrain.config.schema import EvalSpec, PretrainConfig
 from pretrain.config.startup import check_workers
 
 if TYPE_CHECKING:

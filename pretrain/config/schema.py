@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pretrain.config.deepspeed import check_raw_deepspeed
 from pretrain.config.errors import ConfigError
 
 LOSSES = ("softmax_xent", "sigmoid_xent")
@@ -179,7 +180,7 @@ class ScheduleConfig:
 
     name: str = "linear"
     warmup_steps: int = 10000
-    warmup_epochs: float = 0.0  # > 0: sets warmup_steps from the full training set (pretrain/run_length.py)
+    warmup_epochs: float = 0.0  # > 0: sets warmup_steps from the full training set (pretrain/components/run_length.py)
     end_lr_ratio: float = 0.0
 
     def validate(self, prefix: str) -> None:
@@ -197,7 +198,7 @@ class TrainConfig:
     """Length, batch, precision and ZeRO stage. global_batch = micro_batch x accumulation x world size."""
 
     steps: int = 1000
-    epochs: float = 0.0  # > 0: sets steps from the full training set (pretrain/run_length.py)
+    epochs: float = 0.0  # > 0: sets steps from the full training set (pretrain/components/run_length.py)
     global_batch: int = 4096
     micro_batch: int = 64
     precision: str = "bf16"
@@ -253,7 +254,7 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     """TensorBoard and progress-line cadence (rank 0 only); `verbose`: DeepSpeed's and torch's start-up output as
-    they print it (pretrain/console.py)."""
+    they print it (pretrain/telemetry/console.py)."""
 
     every_steps: int = 50
     image_every_steps: int = 1000
@@ -353,8 +354,6 @@ class PretrainConfig:
                 "0 with train.zero_stage 3 (the EMA keeps the full weights on every rank; use ZeRO 0-2)")
         self._check_permute_patches()
         self._check_model_patches()
-        from pretrain.ds_config import check_raw_deepspeed  # here: ds_config imports this package
-
         check_raw_deepspeed(self)
 
     def _check_permute_patches(self) -> None:
@@ -383,12 +382,3 @@ class PretrainConfig:
         nearest = f"{below} or {below + patch}" if below else f"{patch}"
         require(False, "model.img_size", m.img_size, f"a multiple of {whose}; nearest: {nearest}")
 
-
-def check_against_world(cfg: PretrainConfig, world_size: int) -> int:
-    """Check the batch arithmetic for this world size; return the gradient accumulation steps."""
-    per_step = cfg.train.micro_batch * world_size
-    if cfg.train.global_batch % per_step:
-        raise ConfigError(
-            f"`train.global_batch`: {cfg.train.global_batch} is not divisible by train.micro_batch x world size "
-            f"= {cfg.train.micro_batch} x {world_size} = {per_step}; choose a multiple of {per_step}")
-    return cfg.train.global_batch // per_step

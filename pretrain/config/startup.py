@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from pretrain.config.batch import check_against_world
 from pretrain.config.errors import ConfigError
-from pretrain.config.schema import PretrainConfig, check_against_world
+from pretrain.config.schema import PretrainConfig
 
 if TYPE_CHECKING:
+    from pretrain.components.run_length import RunLength
     from pretrain.data.manifest import Manifest
-    from pretrain.run_length import RunLength
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The DataLoader set-up the training and evaluation loaders share: one item per iteration (the datasets batch
-themselves), workers that leave the preemption signals to their rank (pretrain/preemption.py), and a private
+themselves), workers that leave the preemption signals to their rank (pretrain/cluster/preemption.py), and a private
 generator, so that creating an iterator draws no number from torch's global RNG."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import Generator
 from torch.utils.data import DataLoader, IterableDataset
 
-from ..preemption import shield_worker
+from ..cluster.preemption import shield_worker
 
 
 def make_dataloader(

@@ -11,7 +11,7 @@ has no json member or its json has no string `path`; a json member that is not J
 ImageNet-ReaL labels are looked up by this name (data_prep renumbers the keys).
 
 The workers leave SIGTERM, SIGUSR1 and SIGINT to the main process, as the training loader's do
-(pretrain/preemption.py): a preemption during an evaluation must not kill them.
+(pretrain/cluster/preemption.py): a preemption during an evaluation must not kill them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..preemption import worker_signals_blocked
+from ..cluster.preemption import worker_signals_blocked
 from .dataloader import make_dataloader
 from .decode import CorruptSample, decode_sample
 from .manifest import Manifest

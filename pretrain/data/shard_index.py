@@ -15,9 +15,9 @@ import urllib.error
 from dataclasses import dataclass
 from functools import lru_cache
 
-from data_prep.atomic import atomic_write_text
 from data_prep.errors import DataPrepError
 from data_prep.index import NO_LABEL, IndexEntry, format_index, index_path, parse_index, scan_shard, scan_tar
+from fileio.atomic import atomic_write_text
 
 from .manifest import DataError, Shard, is_remote
 from .remote import ShardFile

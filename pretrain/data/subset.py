@@ -22,8 +22,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from data_prep.atomic import atomic_write_text
-from pretrain.distributed import gather
+from fileio.atomic import atomic_write_text
+from pretrain.cluster.distributed import gather
 
 from .manifest import DataError, Manifest, Shard
 from .shard_index import NO_LABEL, shard_index, usable_label

@@ -11,7 +11,7 @@ Rows [a*m, (a+1)*m) are micro-batch a (virtual rank r*A + a). The trainer keeps 
 item it consumed, gathers all ranks' states, and resumes with merge_states(...) of them.
 
 The workers leave SIGTERM, SIGUSR1 and SIGINT to the main process, which checkpoints on a preemption (Slurm, like
-`kill -TERM -PGID`, signals every process, the workers too); see pretrain/preemption.py.
+`kill -TERM -PGID`, signals every process, the workers too); see pretrain/cluster/preemption.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..preemption import worker_signals_blocked
+from ..cluster.preemption import worker_signals_blocked
 from .dataloader import make_dataloader
 from .manifest import Manifest
 from .rng import preserved_globals

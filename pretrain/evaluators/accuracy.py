@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from data_prep.atomic import atomic_write_json
+from fileio.atomic import atomic_write_json
 
 REAL_FILE_NAME = "ILSVRC2012_val_{:08d}.JPEG"
 REAL_KEY_NUMBER = re.compile(r"ILSVRC2012_val_(\d{8})")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pretrain.cluster.distributed import DistEnv
 from pretrain.config import PretrainConfig
 from pretrain.config.schema import EvalSpec
-from pretrain.distributed import DistEnv
 from pretrain.evaluators.classification import ClassificationEvaluator
 from pretrain.evaluators.fewshot import FewshotEvaluator
 from pretrain.evaluators.runner import Evaluator

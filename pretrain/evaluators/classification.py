@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pretrain.cluster.distributed import DistEnv
 from pretrain.config import PretrainConfig
 from pretrain.config.schema import EvalSpec
 from pretrain.data import Manifest, build_eval_loader, check_head_classes, eval_transform, load_manifest
-from pretrain.distributed import DistEnv
 from pretrain.evaluators.accuracy import EvalAccumulator, load_real_labels
 from pretrain.evaluators.forward import forward_batches, logits_fp32
 

@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pretrain.cluster.distributed import DistEnv
 from pretrain.config import PretrainConfig
 from pretrain.config.schema import EvalSpec
 from pretrain.data import Manifest, load_manifest
 from pretrain.data.shard_index import NO_LABEL, shard_index, usable_label
 from pretrain.data.subset import apply_selections
-from pretrain.distributed import DistEnv
 from pretrain.evaluators.classification import spec_loader
 from pretrain.evaluators.fewshot_lsr import FewShotError, LinearProbe, check_counts, fewshot_indices, fit_lsr
 from pretrain.evaluators.forward import forward_batches, pre_logits

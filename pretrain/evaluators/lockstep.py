@@ -10,9 +10,9 @@ the next all-reduce for good. The failing rank answers that all-reduce instead, 
 in the loop itself, the caller's through :func:`failures_shared`), the ranks exchange the failing ranks' one-line
 messages, and every rank raises: the failing rank its own error, the others a :class:`RankFailedError` naming it.
 
-The same all-reduce carries whether a preemption signal reached the rank (``pretrain.preemption.requested_here``),
-at no extra cost: when any rank got one, every rank raises :class:`Preempted` before the same batch, so the run
-checkpoints within one evaluation batch of the signal.
+The same all-reduce carries whether a preemption signal reached the rank
+(``pretrain.cluster.preemption.requested_here``), at no extra cost: when any rank got one, every rank raises
+:class:`Preempted` before the same batch, so the run checkpoints within one evaluation batch of the signal.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrain.distributed import RankFailedError, gather
-from pretrain.preemption import Preempted, requested_here
+from pretrain.cluster.distributed import gather
+from pretrain.cluster.errors import RankFailedError
+from pretrain.cluster.preemption import Preempted, requested_here
 
 
 def _distributed() -> bool:

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from pretrain.components.ema import EMA
 from pretrain.config.schema import EvalSpec
-from pretrain.ema import EMA
 from pretrain.evaluators.accuracy import write_metrics
 from pretrain.evaluators.lockstep import failures_shared
-from pretrain.monitor import Monitor
+from pretrain.telemetry.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Evaluations:
 
     def run_pending(self, model: nn.Module, preprocess, step: int) -> None:
         """Run what is owed at `step`; each evaluation leaves `pending` when its record is in. A preemption
-        (`pretrain.preemption.Preempted`, raised on every rank at once) leaves the rest pending."""
+        (`pretrain.cluster.preemption.Preempted`, raised on every rank at once) leaves the rest pending."""
         try:
             for weights in WEIGHTS:
                 names = [n for n, w in self.pending if w == weights]

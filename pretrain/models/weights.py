@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from data_prep.atomic import atomic_path
+from fileio.atomic import atomic_path
 
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 STEM_WEIGHT = "stem.proj.weight"

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
+from pretrain.cluster.distributed import DistEnv, gather
 from pretrain.config import PretrainConfig
 from pretrain.data import TrainLoader, build_train_loader, load_manifest, merge_states, subset_manifest, train_transform
 from pretrain.data.device_augment import DeviceAugment
 from pretrain.data.device_params import DeviceParamsTransform
-from pretrain.distributed import DistEnv, gather
 
 
 class TrainData:

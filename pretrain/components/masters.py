@@ -47,7 +47,7 @@ class Masters:
         if param.dtype == torch.float32:
             return param.detach()
         raise MasterNotFound(f"no fp32 master copy of a {param.dtype} parameter of shape {tuple(param.shape)}: this "
-                             "DeepSpeed version keeps it where pretrain/masters.py does not look")
+                             "DeepSpeed version keeps it where pretrain/components/masters.py does not look")
 
     def named(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, fp32 master) of every parameter of the module, in `named_parameters` order."""

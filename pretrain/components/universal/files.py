@@ -22,18 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from pretrain.ds_internals import MODEL_STATES, OPTIMIZER_STATE, WRAPPED_STATE, ZERO3_MODEL_STATES
+from pretrain.components.ds_internals import MODEL_STATES, OPTIMIZER_STATE, WRAPPED_STATE, ZERO3_MODEL_STATES
 
 ADAM_STATES = ("exp_avg", "exp_avg_sq")
 WEIGHTS = "model.safetensors"
-LOSS_SCALE = "loss_scale"  # ours, in optimizer_state.pt: `pretrain.ds_internals.loss_scale_of`'s dict
+LOSS_SCALE = "loss_scale"  # ours, in optimizer_state.pt: `pretrain.components.ds_internals.loss_scale_of`'s dict
 
 
 def write_optimizer_state(zero: Path, optim: Mapping[str, Any], step: Any, ds_version: str,
                           loss_scale: Mapping[str, Any] | None) -> None:
     """optimizer_state.pt that the ZeRO 1/2 loaders (`param_groups`, `ds_version`, `clip_grad`) and the ZeRO-3
     loader (`optimizer_state_dict`: the step and the groups) both read; no tensors of any one rank. `loss_scale`:
-    the dynamic fp16 loss scale of the source, put into the live engine by `pretrain.universal.load.repair`."""
+    the dynamic fp16 loss scale of the source, put into the live engine by
+    `pretrain.components.universal.load.repair`."""
     groups = [dict(g) for g in optim["param_groups"]]
     out: dict[str, Any] = {"param_groups": groups, "ds_version": optim.get("ds_version", ds_version),
                            WRAPPED_STATE: {"state": {0: {"step": step}}, "param_groups": groups}}
@@ -57,9 +58,9 @@ def link_model_states(out: Path, source: Path) -> None:
 
 
 def group_names(module: nn.Module, shapes: Mapping[str, torch.Size]) -> list[list[str]]:
-    """The parameter names of each optimizer group, in order: `pretrain.optim.param_groups` over the parameters at
-    their full `shapes` (a ZeRO-3 module's own parameters are partitioned)."""
-    from pretrain.optim import param_groups
+    """The parameter names of each optimizer group, in order: `pretrain.components.optim.param_groups` over the
+    parameters at their full `shapes` (a ZeRO-3 module's own parameters are partitioned)."""
+    from pretrain.components.optim import param_groups
 
     class FullShapes:
         def __init__(self) -> None:

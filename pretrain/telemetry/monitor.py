@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pretrain.throughput import ThroughputWindow
+from pretrain.telemetry.throughput import ThroughputWindow
 
 TENSORBOARD_SUBDIR = "tensorboard"
 

@@ -7,7 +7,7 @@ is collective: every rank calls `save`.
 
 A checkpoint resumes on any world size and ZeRO stage: where its layout (meta `world_size`, `zero_stage`,
 `precision`, `grad_accum_dtype`) differs from the run's, it is loaded through its universal copy
-`step-00001000.universal/`, converted once and pruned with it (`pretrain/universal/`).
+`step-00001000.universal/`, converted once and pruned with it (`pretrain/components/universal/`).
 
 Each checkpoint's meta records the id of the run that wrote it (`run_id`, drawn by a new run, taken over by a
 resume), and pruning only ever removes complete checkpoints of this run: whatever else sits in the folder stays.
@@ -26,10 +26,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from data_prep.atomic import atomic_write_text
-from pretrain.distributed import barrier, gather
-from pretrain.ds_internals import universal_checkpoint_info
-from pretrain.universal import (
+from fileio.atomic import atomic_write_text
+from pretrain.cluster.distributed import barrier, gather
+from pretrain.components.ds_internals import universal_checkpoint_info
+from pretrain.components.universal import (
     FAILED_SUFFIX,
     LAYOUT,
     PARTIAL_SUFFIX,
@@ -40,7 +40,7 @@ from pretrain.universal import (
     layout_changes,
     universal_dir,
 )
-from pretrain.universal.convert import SHORT_WRITE
+from pretrain.components.universal.convert import SHORT_WRITE
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ WEIGHTS = "model.safetensors"
 FINAL = "final.safetensors"
 FINAL_EMA = "final_ema.safetensors"
 # Meta keys a resume must match. The layout keys (world_size, zero_stage, precision, grad_accum_dtype) may differ:
-# the engine state is then loaded through the checkpoint's universal copy (pretrain/universal/).
+# the engine state is then loaded through the checkpoint's universal copy (pretrain/components/universal/).
 CHECKED = ("model", "img_size", "num_classes", "patch_size", "permute", "global_batch", "micro_batch")
 TAG = re.compile(r"step-\d+")
 
@@ -105,7 +105,7 @@ class Checkpointer:
     def save(self, step: int) -> str:
         """Collective save at `step`; returns the tag once `latest` points at it. A failed write (a full disk, a
         quota) is a CheckpointError on every rank, the half-written folder is removed and `latest` stays put."""
-        from pretrain.export import export_weights  # imports DeepSpeed: only where a run saves
+        from pretrain.components.export import export_weights  # imports DeepSpeed: only where a run saves
 
         tag = f"step-{step:08d}"
         client_state = {name: component.state_dict() for name, component in self.states.items()}
@@ -195,7 +195,9 @@ class Checkpointer:
         return tag
 
     def _restore_universal(self, tag: str, saved: Mapping[str, Any], changed: list[str]) -> dict[str, Any]:
-        from pretrain.universal.load import restore  # imports DeepSpeed: only where a checkpoint is converted
+        from pretrain.components.universal.load import (
+            restore,  # imports DeepSpeed: only where a checkpoint is converted
+        )
 
         folder = self.dir / tag
         ours = {k: self.expect.get(k) for k in LAYOUT if k in self.expect}

@@ -20,13 +20,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pretrain.cluster.distributed import DistEnv
+from pretrain.components.losses import classification_loss
+from pretrain.components.optim import build_optimizer
+from pretrain.components.run_length import RunLength
+from pretrain.components.schedule import build_scheduler
 from pretrain.config import ConfigError, PretrainConfig
-from pretrain.distributed import DistEnv
-from pretrain.ds_config import deepspeed_config
-from pretrain.losses import classification_loss
-from pretrain.optim import build_optimizer
-from pretrain.run_length import RunLength
-from pretrain.schedule import build_scheduler
+from pretrain.config.deepspeed import deepspeed_config
 
 log = logging.getLogger(__name__)
 

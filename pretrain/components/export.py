@@ -1,7 +1,7 @@
 """Export of a DeepSpeed engine's full fp32 weights as `.safetensors` (loadable by `load_weights` and by timm).
 
-The parameters are the optimizer's fp32 masters (`pretrain.masters`), not the bf16/fp16 working copy, in every
-ZeRO stage; the file's metadata says so (`weights: fp32 masters`). Should a DeepSpeed version keep a ZeRO-0
+The parameters are the optimizer's fp32 masters (`pretrain.components.masters`), not the bf16/fp16 working copy, in
+every ZeRO stage; the file's metadata says so (`weights: fp32 masters`). Should a DeepSpeed version keep a ZeRO-0
 master where we do not look, the working copy is exported instead, with a warning in the log and its dtype in the
 metadata (`weights: bfloat16 working copy`).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.masters import MasterNotFound, Masters
+from pretrain.components.masters import MasterNotFound, Masters
 from pretrain.models import save_weights
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ FP32_MASTERS = "fp32 masters"
 def full_fp32_state_dict(engine) -> dict[str, torch.Tensor]:
     """Every parameter's fp32 master copy and every persistent buffer, floating ones in fp32 (batch-norm statistics
     of a bf16 engine); collective under ZeRO 1-3: call on every rank. MasterNotFound when DeepSpeed keeps a master
-    where `pretrain.masters` does not look.
+    where `pretrain.components.masters` does not look.
 
     Non-persistent buffers (e.g. ConViT's relative indices, rebuilt by the model) are left out, as in
     ``state_dict()``, so the file loads strictly into a freshly built model.

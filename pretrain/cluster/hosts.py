@@ -17,8 +17,12 @@ import os
 import socket
 import sys
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
-from pretrain.distributed import DistEnv, DistributedSetupError, gather
+from pretrain.cluster.errors import DistributedSetupError
+
+if TYPE_CHECKING:
+    from pretrain.cluster.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +80,8 @@ def _ranks(ranks: list[int]) -> str:
         ",".join(map(str, ranks))
 
 
-def log_layout(env: DistEnv) -> None:
-    """The start-up lines (collective: every rank calls it once the process group is up)."""
-    hosts = gather(socket.gethostname())
+def log_layout(env: DistEnv, hosts: list[str]) -> None:
+    """The start-up lines, from every rank's host name (`hosts`, gathered once the process group is up)."""
     line, per_host = layout_lines(env, hosts)
     if env.rank == 0:
         log.info("%s", line)

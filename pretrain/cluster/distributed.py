@@ -24,21 +24,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pretrain.hostlist import expand_nodelist, parse_tasks_per_node
+from pretrain.cluster.errors import DistributedSetupError, RankFailedError
+from pretrain.cluster.hostlist import expand_nodelist, parse_tasks_per_node
+from pretrain.cluster.hosts import check_loopback_hostname, check_master, log_layout
 
 DEFAULT_MASTER_PORT = 29500
 # Ports derived from a Slurm job id: below Linux's ephemeral range (32768-60999), above common services.
 SLURM_PORT_BASE = 20000
 SLURM_PORT_SPAN = 10000
 _TORCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-
-class DistributedSetupError(ValueError):
-    """This process cannot join the job as configured (e.g. more processes per node than GPUs)."""
-
-
-class RankFailedError(RuntimeError):
-    """Another rank failed where this one waited for it; the message is that rank's error, in one line."""
 
 
 # EX_TEMPFAIL + 1: a rank lost contact with another one (it died, its node was lost, or it hung past the collective
@@ -227,8 +221,6 @@ def init_distributed(env: DistEnv, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT
 
     ``timeout_s`` bounds every collective (and the rendezvous): a rank whose peer died or hangs raises then instead
     of waiting for torch's default (10-30 minutes)."""
-    from pretrain.hosts import check_loopback_hostname, check_master, log_layout
-
     check_device(env)
     _TIMEOUT[:] = [timedelta(seconds=timeout_s)]
     # Groups made later without a timeout (DeepSpeed's data-parallel group, in which the gradients are all-reduced)
@@ -257,7 +249,7 @@ def init_distributed(env: DistEnv, timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT
     deepspeed.init_distributed(dist_backend=env.backend, verbose=False, timeout=collective_timeout())
     if env.device.type == "cpu":
         release_shm_name(env)
-    log_layout(env)
+    log_layout(env, gather(socket.gethostname()))
 
 
 def shm_buffer_path(env: DistEnv) -> Path:

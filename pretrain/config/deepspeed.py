@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pretrain.config import ConfigError, PretrainConfig, check_against_world
+from pretrain.config.batch import check_against_world
+from pretrain.config.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pretrain.config.schema import PretrainConfig
 
 # DeepSpeed key we derive -> (the typed key to set instead, what the typed side says). The derived value itself is
 # read from `derived_keys`; a key absent there (data_types under fp32) is not ours and stays free.

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pretrain.cluster.distributed import DistEnv
     from pretrain.config import PretrainConfig
-    from pretrain.distributed import DistEnv
 
 LIBRARY_LOGGERS = ("DeepSpeed", "deepspeed", "torch.distributed", "torch.utils.cpp_extension")
 
@@ -52,7 +52,7 @@ def quiet_libraries(verbose: bool) -> None:
 
 def _not_known_news(record: logging.LogRecord) -> bool:
     """False for DeepSpeed's warning about a ZeRO optimizer it has not tested: we hand it torch's SGD knowingly
-    (`zero_allow_untested_optimizer`, pretrain/ds_config.py), and it reads as an alarm."""
+    (`zero_allow_untested_optimizer`, pretrain/config/deepspeed.py), and it reads as an alarm."""
     return "untested optimizer" not in record.getMessage()
 
 

@@ -1,7 +1,7 @@
 """An exponential moving average of the weights: fp32, on every rank, updated after each optimizer step.
 
-ema <- decay * ema + (1 - decay) * weights, from the fp32 master weights (`pretrain.masters`; under ZeRO 1-2 a
-collective, one all-reduce per parameter per step, every rank updates its EMA; ZeRO-3 is refused by the config),
+ema <- decay * ema + (1 - decay) * weights, from the fp32 master weights (`pretrain.components.masters`; under ZeRO 1-2
+a collective, one all-reduce per parameter per step, every rank updates its EMA; ZeRO-3 is refused by the config),
 not from a bf16/fp16 working copy: late in a decayed schedule the updates fall below bf16 resolution and an EMA of
 the working copy would converge to rounded weights. A module that is not in an engine (tests) is its own master.
 `swapped_in` puts the average into the module for an evaluation and the trained weights back afterwards. Saved and
@@ -16,12 +16,12 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from pretrain.masters import Masters
+from pretrain.components.masters import Masters
 
 
 class EMA:
     """The running average of `module`'s parameters, decay `decay` per optimizer step, over the fp32 weights
-    `masters` gives (a `pretrain.masters.Masters` of the engine; default: the module's own parameters)."""
+    `masters` gives (a `pretrain.components.masters.Masters` of the engine; default: the module's own parameters)."""
 
     def __init__(self, module: nn.Module, decay: float, masters: Masters | None = None) -> None:
         self.module, self.decay, self.masters = module, decay, masters

@@ -116,7 +116,7 @@ def _cpu_group():
     """The default group where it is gloo; else one gloo group over all ranks, made once (collectively)."""
     import torch.distributed as dist
 
-    from pretrain.distributed import collective_timeout
+    from pretrain.cluster.distributed import collective_timeout
 
     if dist.get_backend() == "gloo":
         return None

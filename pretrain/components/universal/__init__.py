@@ -5,11 +5,11 @@ weights and of the optimizer moments, ZeRO-0 keeps one unpartitioned torch optim
 layout goes through one world-size- and stage-free copy of the checkpoint, written once next to it
 (`checkpoints/step-N.universal/`, kept with the checkpoint and pruned with it).
 
-Two jobs, two modules: `convert` writes that copy offline from the checkpoint's files (`pretrain.universal.convert`);
-`load` brings it into a live engine of any stage and repairs what DeepSpeed's loaders leave out
-(`pretrain.universal.load`). The format both share is in `pretrain.universal.files`; every private DeepSpeed
-access in `pretrain.ds_internals`. This module holds what the checkpointer needs to decide whether a checkpoint
-fits the run (no DeepSpeed import).
+Two jobs, two modules: `convert` writes that copy offline from the checkpoint's files
+(`pretrain.components.universal.convert`); `load` brings it into a live engine of any stage and repairs what
+DeepSpeed's loaders leave out (`pretrain.components.universal.load`). The format both share is in
+`pretrain.components.universal.files`; every private DeepSpeed access in `pretrain.components.ds_internals`. This
+module holds what the checkpointer needs to decide whether a checkpoint fits the run (no DeepSpeed import).
 """
 
 from __future__ import annotations

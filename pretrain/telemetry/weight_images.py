@@ -21,7 +21,7 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from data_prep.atomic import atomic_path
+from fileio.atomic import atomic_path
 
 TILE_GAP = 1
 PANEL_GAP = 4

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.distributed import gather
+from pretrain.cluster.distributed import gather
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Loading the universal copy into a live engine of any ZeRO stage and world size, and repairing what DeepSpeed's
 loaders get wrong or leave out.
 
-ZeRO 1-3 load through DeepSpeed (`checkpoint.load_universal` set for the load, `pretrain.ds_internals`); ZeRO-0,
-which DeepSpeed's universal loading does not cover (no ZeRO optimizer to load into), by `load_into_zero0`: the
+ZeRO 1-3 load through DeepSpeed (`checkpoint.load_universal` set for the load, `pretrain.components.ds_internals`);
+ZeRO-0, which DeepSpeed's universal loading does not cover (no ZeRO optimizer to load into), by `load_into_zero0`: the
 weights, the fp32 masters and the moments through the engine's own `state_dict` format. Both then `repair`: the
 parameter groups' hyperparameters (its ZeRO-3 loader gives every group those of the first: the no-decay group
 would get weight decay), one Adam step tensor per state (its ZeRO-3 loader shares one between the sub-groups: the
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from pretrain.distributed import gather
-from pretrain.ds_internals import (
+from pretrain.cluster.distributed import gather
+from pretrain.components.ds_internals import (
     MASTERS,
     MODEL_STATES,
     WRAPPED_STATE,
@@ -28,9 +28,9 @@ from pretrain.ds_internals import (
     set_step_counters,
     universal_loading,
 )
-from pretrain.universal import ConversionError, first_line
-from pretrain.universal.convert import ensure_universal
-from pretrain.universal.files import (
+from pretrain.components.universal import ConversionError, first_line
+from pretrain.components.universal.convert import ensure_universal
+from pretrain.components.universal.files import (
     ADAM_STATES,
     LOSS_SCALE,
     WEIGHTS,

@@ -1,7 +1,7 @@
 """Every use of DeepSpeed's private parts, in one place: what its public API does not offer and the universal
-checkpoint needs (`pretrain/universal/`). Each is pinned by `tests/test_ds_internals.py` on a tiny real engine, so a
-DeepSpeed upgrade that changes one fails there, by name, instead of corrupting a resume; `pyproject.toml` pins the
-DeepSpeed versions it was checked with.
+checkpoint needs (`pretrain/components/universal/`). Each is pinned by `tests/test_ds_internals.py` on a tiny real
+engine, so a DeepSpeed upgrade that changes one fails there, by name, instead of corrupting a resume; `pyproject.toml`
+pins the DeepSpeed versions it was checked with.
 
 - file names of its checkpoints (`MODEL_STATES`, `ZERO3_MODEL_STATES`, `OPTIM_STATES_GLOB`; `OPTIMIZER_STATE`:
   what `ds_to_universal` writes),

@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from pretrain.checkpoint import FINAL, FINAL_EMA, META, POINTER
+from pretrain.components.checkpoint import FINAL, FINAL_EMA, META, POINTER
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Writing the universal copy of a checkpoint (offline: from its files, no engine), by rank 0 while the others wait.
 
-ZeRO 1-3 checkpoints go through DeepSpeed's own converter (`ds_to_universal`, through `pretrain.ds_internals`),
-then normalised (`pretrain.universal.files`): its ZeRO-3 output has flat tensors and no step file. A ZeRO-0
-checkpoint (no ZeRO files for the converter to read) is written into the same format by `_from_zero0`. The
-dynamic fp16 loss scale of either is recorded in `optimizer_state.pt`.
+ZeRO 1-3 checkpoints go through DeepSpeed's own converter (`ds_to_universal`, through
+`pretrain.components.ds_internals`), then normalised (`pretrain.components.universal.files`): its ZeRO-3 output has
+flat tensors and no step file. A ZeRO-0 checkpoint (no ZeRO files for the converter to read) is written into the same
+format by `_from_zero0`. The dynamic fp16 loss scale of either is recorded in `optimizer_state.pt`.
 
 The copy is written into `step-N.universal.partial/`, renamed to `step-N.universal` once complete and flushed: a
 kill mid-conversion leaves only the `.partial` folder, removed by the next conversion or save.
@@ -25,9 +25,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from data_prep.atomic import atomic_write_text, fsync_path
-from pretrain.distributed import gather
-from pretrain.ds_internals import (
+from fileio.atomic import atomic_write_text, fsync_path
+from pretrain.cluster.distributed import gather
+from pretrain.components.ds_internals import (
     BASE_OPTIMIZER_STATE,
     MODEL_STATES,
     OPTIM_STATES_GLOB,
@@ -37,8 +37,8 @@ from pretrain.ds_internals import (
     convert_to_universal,
     saved_loss_scale,
 )
-from pretrain.universal import FAILED_SUFFIX, PARTIAL_SUFFIX, ConversionError, first_line, universal_dir
-from pretrain.universal.files import (
+from pretrain.components.universal import FAILED_SUFFIX, PARTIAL_SUFFIX, ConversionError, first_line, universal_dir
+from pretrain.components.universal.files import (
     ADAM_STATES,
     WEIGHTS,
     group_names,
@@ -172,7 +172,7 @@ def _check_state_keys(state: Mapping[Any, Mapping[str, Any]]) -> None:
 
 def _from_zero0(checkpoint: Path, out: Path, shapes: Mapping[str, torch.Size], module: nn.Module) -> None:
     """A ZeRO-0 checkpoint: its torch optimizer state (bare, or inside DeepSpeed's bf16/fp16 wrapper with the fp32
-    masters) split per parameter, in the groups `pretrain.optim.param_groups` makes of this model."""
+    masters) split per parameter, in the groups `pretrain.components.optim.param_groups` makes of this model."""
     states = torch.load(checkpoint / MODEL_STATES, map_location="cpu", weights_only=False)
     opt = states.get("optimizer")
     if not isinstance(opt, Mapping):
@@ -183,7 +183,7 @@ def _from_zero0(checkpoint: Path, out: Path, shapes: Mapping[str, torch.Size], m
     saved_groups = base["param_groups"]
     if len(saved_groups) != len(groups):
         raise ConversionError(f"it has {len(saved_groups)} parameter groups, this code makes {len(groups)} "
-                              "(pretrain/optim.py)")
+                              "(pretrain/components/optim.py)")
     zero = out / "zero"
     weights = load_file(checkpoint / WEIGHTS)
     per_param: dict[str, dict[str, torch.Tensor]] = {}
@@ -193,7 +193,8 @@ def _from_zero0(checkpoint: Path, out: Path, shapes: Mapping[str, torch.Size], m
             sizes = [shapes[n].numel() for n in names]
             flat = {"fp32": opt["fp32_groups_flat"][g], **{k: base["state"][g][k] for k in ADAM_STATES}}
             if flat["fp32"].numel() != sum(sizes):
-                raise ConversionError(f"its parameter group {g} does not match this model's (pretrain/optim.py)")
+                raise ConversionError(f"its parameter group {g} does not match this model's "
+                                      "(pretrain/components/optim.py)")
             parts = {k: torch.split(v.flatten(), sizes) for k, v in flat.items()}
             for j, n in enumerate(names):
                 per_param[n] = {k: parts[k][j].reshape(shapes[n]) for k in parts}
@@ -202,7 +203,7 @@ def _from_zero0(checkpoint: Path, out: Path, shapes: Mapping[str, torch.Size], m
         for g, (names, saved) in enumerate(zip(groups, saved_groups, strict=True)):
             if len(saved["params"]) != len(names):
                 raise ConversionError(f"its parameter group {g} has {len(saved['params'])} parameters, this model's "
-                                      f"has {len(names)} (pretrain/optim.py)")
+                                      f"has {len(names)} (pretrain/components/optim.py)")
             for j, (n, index) in enumerate(zip(names, saved["params"], strict=True)):
                 fp32 = opt["fp32_groups"][g][j] if "fp32_groups" in opt else weights[n]
                 entry = base["state"].get(index, {})

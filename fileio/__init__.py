@@ -1,0 +1,1 @@
+"""File-system primitives shared by the shard builder and the trainer: atomic, durable writes."""

@@ -1,0 +1,1 @@
+"""What a run is assembled from: engine, checkpoints, data position, state, EMA, schedule, export."""

@@ -1,0 +1,1 @@
+"""What a run reports: TensorBoard monitor, MFU, throughput, memory, console, weight pictures."""
