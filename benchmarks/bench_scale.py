@@ -59,7 +59,7 @@ class PeakRss:
     twice), RSS where PSS cannot be read."""
 
     def __init__(self, pid: int, interval: float = 0.1):
-        self.proc, self.interval, self.peak = psutil.Process(pid), interval, 0
+        self.proc, self.interval, self.peak, self.root_peak = psutil.Process(pid), interval, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -69,20 +69,13 @@ class PeakRss:
         return self._sample()
 
     def _sample(self) -> int:
-        total = 0
         try:
             procs = [self.proc, *self.proc.children(recursive=True)]
         except psutil.Error:
             return 0
-        for p in procs:
-            try:
-                total += p.memory_full_info().pss
-            except (psutil.Error, AttributeError):
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-        return total
+        sizes = [_memory(p) for p in procs]
+        self.root_peak = max(self.root_peak, sizes[0])
+        return sum(sizes)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -95,6 +88,17 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
         return self.peak
+
+
+def _memory(p: psutil.Process) -> int:
+    """PSS of a process, its RSS where PSS cannot be read, 0 if it is gone."""
+    try:
+        return p.memory_full_info().pss
+    except (psutil.Error, AttributeError):
+        try:
+            return p.memory_info().rss
+        except psutil.Error:
+            return 0
 
 
 def load_average() -> str:
@@ -361,9 +365,12 @@ def eval_section(args: argparse.Namespace, tmp: str) -> dict:
     ranks = sorted((json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines()
                     if line.startswith("SCALE_EVAL ")), key=lambda r: r["rank"])
     for r in ranks:
-        print(f"eval rank {r['rank']}: classification {r['val_s']:.1f} s (peak {r['val_peak_mb']:.0f} MB), "
-              f"{r['val']['num_samples']:,} samples, ReaL {r['val'].get('real_num_samples')}; few-shot "
-              f"{r['fs_s']:.1f} s (peak {r['fs_peak_mb']:.0f} MB) (load {r['load']})", flush=True)
+        print(f"eval rank {r['rank']}: classification {r['val_s']:.1f} s, {r['val']['num_samples']:,} samples, "
+              f"ReaL {r['val'].get('real_num_samples')}; few-shot {r['fs_s']:.1f} s, {r['fs_shot_samples']:,} shot "
+              f"samples forwarded (load {r['load']})", flush=True)
+        for name in ("val", "fs"):
+            print(f"     {name}: memory before {r[name + '_base_mb']:.0f} MB, peak {r[name + '_peak_mb']:.0f} MB "
+                  f"(the rank's process alone {r[name + '_rank_peak_mb']:.0f} MB)", flush=True)
     return {"samples": args.eval_samples, "classes": args.eval_classes, "shots": args.shots, "ranks": ranks}
 
 
@@ -396,7 +403,9 @@ def eval_worker(spec: dict) -> None:
             result = evaluators[name](model, preprocess)
             out[f"{name}_s"] = time.perf_counter() - t0
             out[f"{name}_peak_mb"] = peak.stop() / 2**20
+            out[f"{name}_rank_peak_mb"] = peak.root_peak / 2**20  # the rank's process alone, no loader worker
             out[name] = {k: v for k, v in result.items() if k != "per_class_accuracy"}
+        out["fs_shot_samples"] = evaluators["fs"].plan.num_samples  # decoded and forwarded for the probes
         out["load"] = load_average()
         print("SCALE_EVAL " + json.dumps(out), flush=True)
     finally:

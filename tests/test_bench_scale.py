@@ -45,3 +45,4 @@ def test_eval_section_counts_every_sample_once_over_2_ranks(tmp_path):
         assert r["val"]["num_samples"] == 300 and r["val"]["real_num_samples"] == 300
         assert set(r["fs"]) == {"1shot", "2shot"}
         assert r["val_peak_mb"] > 0 and r["fs_peak_mb"] > 0
+        assert 10 <= r["fs_shot_samples"] <= 2 * 10 * 3  # the shot sets' union, not the 300-sample pool
