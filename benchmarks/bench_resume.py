@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass
+from unittest import mock
 
 from pretrain.data import build_train_loader, load_manifest, merge_states, remote, train_transform
 from pretrain.data.shard_index import shard_index
@@ -42,6 +44,53 @@ class _Counting:
         self.f.close()
 
 
+@dataclass(frozen=True)
+class ResumeCost:
+    """What a resume at a position costs: the new seek against the replay the stream did before."""
+
+    samples: int
+    shard_bytes: int
+    pos: int
+    range_size: int
+    bytes_read: int
+    seconds: float
+    replay_bytes: int
+
+
+def measure(folder: str, samples: int = 20000, shards: int = 20, buffer: int = 2000, micro_batch: int = 8,
+            at: float = 0.9, log=print) -> ResumeCost:
+    """Build the shards in `folder`, run to `at` of the epoch, resume: bytes and seconds to the first step."""
+    per = samples // shards
+    m = load_manifest(write_dataset(folder, [per] * shards, size=(32, 32)))
+
+    def loader(state=None):
+        return build_train_loader(m, micro_batch=micro_batch, accum=1, rank=0, world_size=1, workers=0,
+                                  seed=0, transform=train_transform(32), shuffle_buffer=buffer, state=state)
+
+    steps = int(at * m.num_samples) // micro_batch
+    first = loader()
+    state = None
+    start = time.perf_counter()
+    for _ in range(steps):
+        state = next(first)["state"]
+    first.close()
+    shard_bytes = sum(s.bytes for s in m.shards)
+    log(f"{m.num_samples} samples in {shards} shards, {shard_bytes / 1e6:.1f} MB; "
+        f"{steps} steps of {micro_batch} in {time.perf_counter() - start:.1f} s")
+    pos = state["streams"]["0"]["pos"]
+    pieces = stream_pieces(m.shard_sizes, first.layout, state["streams"]["0"]["round"], 0)
+    sizes = [size for p in pieces for size in shard_index(m.shards[p.shard]).sizes[p.start:p.start + p.count]]
+    replay = sum(sizes[: min(pos + buffer, len(sizes))])
+    _Counting.total = 0
+    with mock.patch.object(remote, "open", _Counting, create=True):  # every shard byte the resumed stream reads
+        start = time.perf_counter()
+        resumed = loader(merge_states([state]))
+        next(resumed)
+        seconds = time.perf_counter() - start
+        resumed.close()
+    return ResumeCost(m.num_samples, shard_bytes, pos, len(sizes), _Counting.total, seconds, replay)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20000)
@@ -51,35 +100,10 @@ def main() -> None:
     parser.add_argument("--at", type=float, default=0.9, help="resume at this fraction of the epoch")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        per = args.samples // args.shards
-        m = load_manifest(write_dataset(folder, [per] * args.shards, size=(32, 32)))
-
-        def loader(state=None):
-            return build_train_loader(m, micro_batch=args.micro_batch, accum=1, rank=0, world_size=1, workers=0,
-                                      seed=0, transform=train_transform(32), shuffle_buffer=args.buffer, state=state)
-
-        steps = int(args.at * m.num_samples) // args.micro_batch
-        first = loader()
-        state = None
-        start = time.perf_counter()
-        for _ in range(steps):
-            state = next(first)["state"]
-        first.close()
-        print(f"{m.num_samples} samples in {args.shards} shards, {sum(s.bytes for s in m.shards) / 1e6:.1f} MB; "
-              f"{steps} steps of {args.micro_batch} in {time.perf_counter() - start:.1f} s")
-        pos = state["streams"]["0"]["pos"]
-        pieces = stream_pieces(m.shard_sizes, first.layout, state["streams"]["0"]["round"], 0)
-        sizes = [size for p in pieces for size in shard_index(m.shards[p.shard]).sizes[p.start:p.start + p.count]]
-        replay = sum(sizes[: min(pos + args.buffer, len(sizes))])
-        remote.open = _Counting  # every shard byte the resumed stream reads
-        start = time.perf_counter()
-        resumed = loader(merge_states([state]))
-        next(resumed)
-        seconds = time.perf_counter() - start
-        resumed.close()
-        print(f"resume at draw {pos} of {len(sizes)} (buffer {args.buffer}): read {_Counting.total / 1e6:.2f} MB "
-              f"in {seconds:.2f} s to the first step; the replay read {replay / 1e6:.2f} MB "
-              f"({replay / max(_Counting.total, 1):.0f}x more)")
+        c = measure(folder, args.samples, args.shards, args.buffer, args.micro_batch, args.at)
+    print(f"resume at draw {c.pos} of {c.range_size} (buffer {args.buffer}): read {c.bytes_read / 1e6:.2f} MB "
+          f"in {c.seconds:.2f} s to the first step; the replay read {c.replay_bytes / 1e6:.2f} MB "
+          f"({c.replay_bytes / max(c.bytes_read, 1):.0f}x more)")
 
 
 if __name__ == "__main__":
