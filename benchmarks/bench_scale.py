@@ -378,9 +378,9 @@ def eval_worker(spec: dict) -> None:
     """One rank of the 2-rank evaluation (run by torchrun): both evaluators, seconds and peak memory as JSON."""
     import torch
 
+    from pretrain.cluster.distributed import detect_env, init_distributed, shutdown_distributed
     from pretrain.config import PretrainConfig, load_config
     from pretrain.data import device_preprocess
-    from pretrain.distributed import detect_env, init_distributed, shutdown_distributed
     from pretrain.evaluators.build import build_evaluators
     from pretrain.run import build_model
 

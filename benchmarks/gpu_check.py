@@ -371,7 +371,7 @@ def smoke(check: Check, s: Settings, digits: Path) -> None:
     data = [f"data.train={digits / 'train'}"] + ([f"schedule.warmup_steps={s.smoke_warmup}"] if s.smoke_warmup else [])
     size = [f"model.img_size={s.finetune_img}"]
     where = "CPU, gloo" if s.dry_run else "1 GPU, nccl"
-    pretrain = [py, "launch/pretrain.py", "--config", DEMO, "--run-dir", str(pre), "--overwrite"]  # a kept --work-dir
+    pretrain = [py, "launch/pretrain.py", "--config", DEMO, "--run-dir", str(pre)]
     cadence = [f"checkpoint.every_steps={s.checkpoint_every}", f"logging.every_steps={s.smoke_log_every}"]
     what = {
         "pretrain": f"demo pretrain: mixer_demo 32 px, {s.pretrain_steps} steps, checkpoint every {s.checkpoint_every}",
@@ -418,7 +418,9 @@ def smoke(check: Check, s: Settings, digits: Path) -> None:
         print(f"{what[name]}: top-1 {100 * m['top1']:.2f}%, {notes}")
         return [row("1", what[name], top1=m["top1"], notes=notes)]
 
-    ok = check.entry_point("1", "pretrain", [*pretrain, "--set", *data, f"train.steps={s.pretrain_steps}", *cadence],
+    # --overwrite: a kept --work-dir holds the previous check's run
+    ok = check.entry_point("1", "pretrain", [*pretrain, "--overwrite", "--set", *data,
+                                             f"train.steps={s.pretrain_steps}", *cadence],
                            b["pretrain"], what["pretrain"], lambda o: train_rows(0, s.pretrain_steps, "pretrain"))
     if ok:
         ok = check.entry_point("1", "resume", [*pretrain, "--resume", "auto", "--set", *data,
