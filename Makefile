@@ -18,12 +18,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m launch.demo
 
-# Two pytest workers, one test file each at a time (--dist loadfile keeps a file's module fixtures on one worker):
-# most of the suite's time is single-threaded process start-up (imports, DeepSpeed set-up), so two overlap well.
-# The 30 slowest tests close the report.
+# One pytest process: under pytest-xdist (-n 2) data_prep's forked workers hung in a worker that had run the
+# multi-process tests before (tests/test_data_prep_workers.py, 600 s each). The 30 slowest tests close the report.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
+	$(PY) -m pytest -q --durations=30
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

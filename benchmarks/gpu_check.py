@@ -827,6 +827,7 @@ def trainer_overrides(spec: dict[str, Any]) -> list[str]:
            f"train.global_batch={spec['batch']}", f"train.micro_batch={spec['batch']}"]
     if spec.get("steps"):
         out += [f"model.grad_checkpointing={str(spec['ckpt']).lower()}", f"train.steps={spec['steps']}",
+                "train.epochs=0",  # the recipe counts its length in epochs: the check runs `steps`
                 f"train.zero_stage={spec['zero']}", f"schedule.warmup_steps={spec['steps'] // 2}",
                 f"logging.every_steps={spec['log_every']}", "logging.image_every_steps=0",
                 f"checkpoint.every_steps={10 * spec['steps']}"]

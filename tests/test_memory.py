@@ -1,6 +1,7 @@
 """Memory scalars: resident set on a CPU, peak allocator figures on a GPU."""
 
-import numpy as np
+import mmap
+
 import torch
 
 from pretrain.telemetry import memory
@@ -9,11 +10,12 @@ from pretrain.telemetry.memory import memory_stats, rss_bytes
 
 def test_cpu_reports_resident_set_that_grows_with_allocations():
     before = rss_bytes()
-    block = np.ones(64 * 2**20, dtype=np.uint8)  # touched, so resident
+    block = mmap.mmap(-1, 64 * 2**20)  # fresh pages (malloc may reuse resident ones in a long-lived process)
+    block.write(b"\1" * len(block))  # touched, so resident
     stats = memory_stats("cpu")
     assert list(stats) == ["sys/rss_bytes"]
     assert stats["sys/rss_bytes"] - before >= 60 * 2**20
-    del block
+    block.close()
 
 
 def test_gpu_reports_peak_allocated_and_reserved(monkeypatch):
