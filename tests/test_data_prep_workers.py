@@ -55,3 +55,19 @@ def test_closing_early_stops_the_workers_at_once():
         results.close()
         assert time.perf_counter() - start < 1.0
         assert _no_new_children()
+
+
+def test_workers_stop_although_the_parent_catches_sigterm():
+    """A parent with a SIGTERM handler (a trainer's preemption flag): its forked workers still end on terminate()."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        start = time.perf_counter()
+        results = run_tasks(_slow, [0, 1, 1, 1, 1, 1], workers=2)
+        assert next(results) == 0
+        results.close()
+        assert time.perf_counter() - start < 5.0
+        assert _no_new_children()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
