@@ -8,7 +8,6 @@ worker held (which ``multiprocessing.Pool.terminate`` can do).
 from __future__ import annotations
 
 import multiprocessing
-import signal
 import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
@@ -21,9 +20,6 @@ class WorkerError(RuntimeError):
 
 def _serve(fn: Callable[[Any], Any], conn: Connection) -> None:
     """Worker loop: run each task received until ``None``; reply (ok, result or traceback)."""
-    # A forked worker inherits its parent's handlers (a trainer's preemption flag catches SIGTERM): the parent's
-    # terminate() must end it.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         while (task := conn.recv()) is not None:
             try:
@@ -73,13 +69,12 @@ def run_tasks(fn: Callable[[Any], Any], tasks: list, workers: int) -> Iterator[A
                     busy.remove(conn)
                 yield value
     finally:
+        # SIGKILL, not SIGTERM: a forked worker inherits its parent's handlers (a trainer's preemption flag catches
+        # SIGTERM), and it holds nothing to clean up (its results travel through the pipe, which is discarded).
         for process in processes:
             if process.is_alive():
-                process.terminate()
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():  # SIGTERM blocked or still being handled: never wait on it for good
                 process.kill()
-                process.join()
+        for process in processes:
+            process.join()
         for conn in conns:
             conn.close()
