@@ -131,8 +131,8 @@ class Checkpointer:
             barrier()
         try:
             export_weights(self.engine, self.dir / tag / WEIGHTS, self.rank)  # every rank: collective under ZeRO-3
-        except Exception as err:  # noqa: BLE001 - also safetensors' SafetensorError (a full disk): every rank must
-            failure = failure or err  # reach _check_written, which names it
+        except Exception as err:  # also safetensors' SafetensorError (a full disk): every rank must reach
+            failure = failure or err  # _check_written, which names it
         self._check_written(tag, failure)
         if self.rank == 0:
             try:

@@ -10,6 +10,7 @@ pins the DeepSpeed versions it was checked with.
 - `ds_to_universal.main`, driven with the arguments of its own parser (`convert_to_universal`),
 - `engine._config.load_universal_checkpoint`, set for one load (`universal_loading`),
 - the engine's step counters, written after a load it did not do (`set_step_counters`),
+- the bf16/fp16 ZeRO-0 wrapper's per-parameter fp32 masters (`zero0_masters`, for the EMA and the export),
 - the dynamic fp16 loss scale: the ZeRO 1-3 optimizers' `loss_scaler`, the ZeRO-0 `FP16_Optimizer`'s
   `loss_scale_config` and their state-dict forms (`loss_scale_of`, `saved_loss_scale`, `set_loss_scale`).
 """
@@ -34,6 +35,18 @@ STEP_COUNTERS = ("global_steps", "global_samples", "skipped_steps")
 # The dynamic loss scale, ours: what decides the next scale (the hysteresis only where both sides have one).
 LOSS_SCALE_KEYS = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
 
+
+
+def zero0_masters(optimizer) -> dict[int, Any]:
+    """{id(working parameter): its fp32 master} of a bf16/fp16 ZeRO-0 wrapper (FP16_UnfusedOptimizer, also for bf16:
+    `fp16_groups` beside `fp32_groups`, parameter by parameter); empty for any other optimizer."""
+    low, high = getattr(optimizer, "fp16_groups", None), getattr(optimizer, MASTERS[0], None)
+    masters: dict[int, Any] = {}
+    if isinstance(low, list) and isinstance(high, list):
+        for lows, highs in zip(low, high, strict=True):
+            if isinstance(lows, list) and isinstance(highs, list):  # per-parameter groups, not flat buffers
+                masters.update({id(p): m for p, m in zip(lows, highs, strict=True)})
+    return masters
 
 def universal_checkpoint_info() -> dict[str, Any]:
     """What `ds_to_universal` wants in a checkpoint's client state (it refuses a checkpoint without it)."""

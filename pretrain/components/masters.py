@@ -7,8 +7,9 @@ it. The EMA and the exported weights are taken from the masters:
 - bf16/fp16 under ZeRO-0 (DeepSpeed's FP16_UnfusedOptimizer, also for bf16): its `fp32_groups`, parameter by
   parameter beside `fp16_groups` (`safe_get_full_fp32_param` answers None there);
 - fp32: the parameter is its own master.
-This is the one place that reads DeepSpeed's ZeRO-0 optimizer internals; tests/test_masters.py fails when a
-DeepSpeed upgrade moves them (the export would then no longer equal the masters).
+DeepSpeed's ZeRO-0 optimizer internals are read in pretrain/components/ds_internals.py (`zero0_masters`), with its
+other private parts; tests/test_masters.py fails when a DeepSpeed upgrade moves them (the export would then no
+longer equal the masters).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
 from torch import nn
+
+from pretrain.components.ds_internals import zero0_masters
 
 
 class MasterNotFound(RuntimeError):
@@ -29,13 +32,7 @@ class Masters:
 
     def __init__(self, engine) -> None:
         self.module: nn.Module = engine.module
-        self._zero0: dict[int, torch.Tensor] = {}
-        optimizer = getattr(engine, "optimizer", None)
-        low, high = getattr(optimizer, "fp16_groups", None), getattr(optimizer, "fp32_groups", None)
-        if isinstance(low, list) and isinstance(high, list):
-            for lows, highs in zip(low, high, strict=True):
-                if isinstance(lows, list) and isinstance(highs, list):  # per-parameter groups, not flat buffers
-                    self._zero0.update({id(p): m for p, m in zip(lows, highs, strict=True)})
+        self._zero0: dict[int, torch.Tensor] = zero0_masters(getattr(engine, "optimizer", None))
 
     def full(self, param: nn.Parameter) -> torch.Tensor:
         """`param`'s fp32 master, whole (a collective under ZeRO 1-3); do not modify it."""
