@@ -280,6 +280,11 @@ def share_cpu_threads(env: DistEnv) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
 
 
+def several_ranks() -> bool:
+    """True inside a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def gather(obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order (a one-element list without torch.distributed)."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrain.cluster.distributed import DistEnv
+from pretrain.cluster.distributed import DistEnv, several_ranks
 from pretrain.config import PretrainConfig
 from pretrain.config.schema import EvalSpec
 from pretrain.data import Manifest, load_manifest
@@ -72,10 +72,6 @@ def plan_shots(manifest: Manifest, num_classes: int, shots: Iterable[int], seeds
     return ShotPlan(sets, {pool[j][0]: pool[j][1] for j in used}, tuple(tuple(sorted(k)) for k in kept))
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class FewshotEvaluator:
     """n-shot linear-probe accuracy per `spec.shots`, averaged over `spec.seeds`."""
 
@@ -99,13 +95,13 @@ class FewshotEvaluator:
         mine = {key: f for batch, feats in self._forward(model, self.train_loader, preprocess)
                 for key, f in zip(batch["key"], feats, strict=True)}
         parts = [mine]
-        if _distributed():
+        if several_ranks():
             parts = [None] * dist.get_world_size() if self.env.rank == 0 else None
             dist.gather_object(mine, parts, dst=0)
         out: list[Any] = [None]
         if self.env.rank == 0:
             out = [self._fit({k: f for part in parts for k, f in part.items()})]
-        if _distributed():
+        if several_ranks():
             dist.broadcast_object_list(out, src=0)
         if isinstance(out[0], str):
             raise FewShotError(out[0])
@@ -133,7 +129,7 @@ class FewshotEvaluator:
             correct += [int(np.sum(p.predict(feats) == labels)) for p in probes]
             total += len(labels)
         counts = torch.tensor([*correct.tolist(), total], dtype=torch.int64, device=self.env.device)
-        if _distributed():
+        if several_ranks():
             dist.all_reduce(counts)
         counts = counts.cpu().tolist()
         if counts[-1] == 0:

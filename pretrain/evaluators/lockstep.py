@@ -26,18 +26,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pretrain.cluster.distributed import gather
+from pretrain.cluster.distributed import gather, several_ranks
 from pretrain.cluster.errors import RankFailedError
 from pretrain.cluster.preemption import Preempted, requested_here
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _any_rank(flag: bool, device: torch.device, failed: bool = False, stop: bool = False) -> tuple[bool, bool, bool]:
     """(any rank has `flag`, any rank `failed`, any rank asked to `stop`): one all-reduce."""
-    if not _distributed():
+    if not several_ranks():
         return flag, failed, stop
     t = torch.tensor([int(flag), int(failed), int(stop)], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
